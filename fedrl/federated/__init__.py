@@ -1,0 +1,1 @@
+"""Federated learning: aggregation transforms and federated rounds."""

@@ -1,0 +1,96 @@
+"""Benchmarks of fedrl: prints a table and optionally writes JSON.
+
+    python scripts/bench.py [--only NAME[,NAME]] [--json OUT] [--quick]
+
+Every case compares against a baseline measured in the same run and reports the ratio
+(``value / baseline_value`` for throughputs, ``baseline_value / value`` for times, so that
+ratio > 1 always means "ours is better"). Cases live in ``scripts/bench_cases/`` and are
+discovered automatically. JSON layout::
+
+    {"device": ..., "cases": [{"name", "params", "value", "unit",
+                               "baseline", "baseline_value", "ratio"}, ...]}
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_cases  # noqa: E402
+
+ROW_KEYS = ("name", "params", "value", "unit", "baseline", "baseline_value", "ratio")
+
+
+def discover() -> dict[str, object]:
+    """Map case name -> module for every module in scripts/bench_cases."""
+    cases = {}
+    for info in pkgutil.iter_modules(bench_cases.__path__):
+        module = importlib.import_module(f"bench_cases.{info.name}")
+        if hasattr(module, "run"):
+            cases[getattr(module, "NAME", info.name)] = module
+    return cases
+
+
+def device_description() -> str:
+    import jax
+    dev = jax.devices()[0]
+    return f"{dev.platform}:{getattr(dev, 'device_kind', str(dev))} x{jax.device_count()}"
+
+
+def format_table(rows: list[dict]) -> str:
+    def fmt(x):
+        if isinstance(x, float):
+            return f"{x:.4g}"
+        if isinstance(x, dict):
+            return ", ".join(f"{k}={v}" for k, v in x.items())
+        return "" if x is None else str(x)
+    header = "| case | params | value | unit | baseline | baseline value | ratio |"
+    lines = [header, "|" + "---|" * 7]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(k)) for k in ROW_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help="comma-separated case names")
+    parser.add_argument("--json", default=None, help="write results as JSON to this path")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
+    args = parser.parse_args(argv)
+
+    cases = discover()
+    names = list(cases) if args.only is None else [n.strip() for n in args.only.split(",")]
+    unknown = [n for n in names if n not in cases]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; available: {sorted(cases)}")
+
+    rows: list[dict] = []
+    for name in names:
+        start = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        new_rows = cases[name].run(quick=args.quick)
+        for row in new_rows:
+            missing = [k for k in ROW_KEYS if k not in row]
+            if missing:
+                raise RuntimeError(f"bench case {name} returned a row without {missing}")
+        rows.extend(new_rows)
+        print(f"[bench] {name} done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+
+    print(f"device: {device_description()}")
+    print(format_table(rows))
+    if args.json:
+        from fedrl.results import atomic_write_json
+        atomic_write_json(args.json, {"device": device_description(), "cases": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
