@@ -125,11 +125,10 @@ def test_same_key_same_trajectory_and_jit_matches_eager():
     # Un-jitted (op by op) against jitted, from a mid-episode state with patients waiting; one
     # eager step costs seconds of per-op compilation, so the "rollout" here is short.
     (_, state), _ = rollout_jit(key, params, STEPS)
-    step_jit = jax.jit(step)
     for t, action in enumerate((4, 0)):  # transfer, then serve high
         k = jax.random.fold_in(key, t)
-        eager = step(k, state, jnp.int32(action), params)
-        jitted = step_jit(k, state, jnp.int32(action), params)
+        eager = step_env(k, state, jnp.int32(action), params)
+        jitted = step_env_jit(k, state, jnp.int32(action), params)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4),
                      eager, jitted)
         state = jitted[1]
