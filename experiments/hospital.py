@@ -112,18 +112,28 @@ PRESETS = {"smoke": smoke, "quick": quick, "paper": paper}
 
 # -- evaluation --------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def _dqn_rollout(dqn: DQN, num_episodes: int, shared_model: bool):
-    """Jitted rollouts of the greedy DQN policy on every hospital (vmap over hospitals)."""
+def _dqn_rollout(network, num_episodes: int):
+    """Jitted rollouts of greedy Q-policies, one parameter set per hospital (vmap over
+    hospitals). Cached per network architecture, so every DQN method shares one compilation."""
     def one(q_params, env_params, key):
-        return hospital.rollout(dqn.greedy_policy(q_params), env_params, key, num_episodes)
-    in_axes = (None if shared_model else 0, 0, 0)
-    return jax.jit(jax.vmap(one, in_axes=in_axes))
+        def policy(k, obs, state, params):
+            del k, state, params
+            return jnp.argmax(network.apply(q_params, obs), axis=-1).astype(jnp.int32)
+        return hospital.rollout(policy, env_params, key, num_episodes)
+    return jax.jit(jax.vmap(one))
 
 
 @functools.lru_cache(maxsize=None)
-def _heuristic_rollout(name: str, num_episodes: int):
-    policy = hospital.HEURISTICS[name]
-    return jax.jit(jax.vmap(lambda p, k: hospital.rollout(policy, p, k, num_episodes)))
+def _heuristic_rollout(names: tuple[str, ...], num_episodes: int):
+    """Jitted rollouts of the heuristic picked by a traced index (``lax.switch``), so all
+    heuristics share one compilation."""
+    branches = [hospital.HEURISTICS[n] for n in names]
+
+    def one(index, env_params, key):
+        def policy(k, obs, state, params):
+            return jax.lax.switch(index, branches, k, obs, state, params)
+        return hospital.rollout(policy, env_params, key, num_episodes)
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
 
 def _summaries(traces, final, env_params) -> list[dict[str, float]]:
@@ -133,20 +143,30 @@ def _summaries(traces, final, env_params) -> list[dict[str, float]]:
             for i in range(num)]
 
 
+def _hospital_keys(key, env_params):
+    num = jax.tree.leaves(env_params)[0].shape[0]
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
+
+
 def evaluate_dqn(dqn: DQN, q_params, env_params, key, num_episodes: int, *,
                  shared_model: bool) -> list[dict[str, float]]:
     """Per-hospital metrics of greedy DQN policies (one shared model, or one per hospital)."""
     num = jax.tree.leaves(env_params)[0].shape[0]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
-    traces, final = _dqn_rollout(dqn, num_episodes, shared_model)(q_params, env_params, keys)
+    if shared_model:
+        q_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num,) + x.shape), q_params)
+    traces, final = _dqn_rollout(dqn.network, num_episodes)(
+        q_params, env_params, _hospital_keys(key, env_params))
     return _summaries(traces, final, env_params)
 
 
-def evaluate_heuristic(name: str, env_params, key, num_episodes: int) -> list[dict[str, float]]:
-    num = jax.tree.leaves(env_params)[0].shape[0]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
-    traces, final = _heuristic_rollout(name, num_episodes)(env_params, keys)
-    return _summaries(traces, final, env_params)
+def evaluate_heuristics(names, env_params, key, num_episodes: int
+                        ) -> dict[str, list[dict[str, float]]]:
+    """Per-hospital metrics of each named heuristic (same held-out keys for all)."""
+    names = tuple(names)
+    rollout = _heuristic_rollout(names, num_episodes)
+    keys = _hospital_keys(key, env_params)
+    return {name: _summaries(*rollout(jnp.int32(i), env_params, keys), env_params)
+            for i, name in enumerate(names)}
 
 
 def mean_metrics(per_hospital: list[dict[str, float]]) -> dict[str, float]:
@@ -241,8 +261,9 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
     per_hospital: dict[str, list[dict[str, float]]] = {}
     compile_s = 0.0
 
+    per_hospital.update(evaluate_heuristics(cfg.heuristics, env_params, eval_key,
+                                            cfg.eval_episodes))
     for name in cfg.heuristics:
-        per_hospital[name] = evaluate_heuristic(name, env_params, eval_key, cfg.eval_episodes)
         methods[name] = {"kind": "heuristic", **mean_metrics(per_hospital[name])}
 
     curves = {}
