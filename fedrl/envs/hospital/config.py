@@ -80,13 +80,14 @@ class HospitalConfig:
     surge_beds: int = 2
     surge_equipment: int = 1
     surge_duration_minutes: float = 240.0
-    surge_cost: float = 100.0  # charged at each action 3
+    surge_cost: float = 300.0  # per surge_duration of surge bought (pro rata when extending)
 
     # --- action 4: transfer out ---
-    transfer_fixed_cost: float = 20.0
-    transfer_delay_minutes: float = 60.0  # delay charged like waiting: w_wait*weight*delay/60
+    transfer_fixed_cost: float = 100.0
+    transfer_delay_minutes: float = 60.0  # delay charged like waiting: w_wait*weight*delay
 
-    # --- reward (seed): -w_wait*sum(w_esi*wait_h) - w_var*var(q) + w_bonus*done_high - overutil ---
+    # --- reward (seed): -w_wait*sum(w_esi*wait_min) - w_var*var(q) + w_bonus*done_high - overutil
+    # (costs are in acuity-weighted waiting minutes; see reward.py) ---
     acuity_weights: Tuple[float, ...] = (30.0, 15.0, 1.0, 1.0, 1.0)  # Lee & Lee 2020 (KTAS)
     w_wait: float = 1.0
     w_var: float = 10.0

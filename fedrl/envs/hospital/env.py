@@ -218,7 +218,7 @@ def transition(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
     transfer_cost = jnp.where(
         do_transfer,
         params.transfer_fixed_cost
-        + params.w_wait * params.acuity_weights[tr_esi] * params.transfer_delay / 60.0, 0.0)
+        + params.w_wait * params.acuity_weights[tr_esi] * params.transfer_delay, 0.0)
     transfers_by_esi = jnp.where(do_transfer, jax.nn.one_hot(tr_esi, 5, dtype=jnp.int32), 0)
     p = _vacate(p, moved)
 

@@ -238,7 +238,7 @@ def test_transfer_removes_longest_waiter_of_lowest_queue():
     assert int(new.patients.status[3]) == EMPTY  # ESI 4 in queue 2, arrived at 0
     np.testing.assert_array_equal(info["transfers_out_by_esi"], [0, 0, 0, 1, 0])
     assert _queues(new) == [2, 1, 1]
-    cost = SMALL.transfer_fixed_cost + SMALL.transfer_delay_minutes / 60.0 * 1.0
+    cost = SMALL.transfer_fixed_cost + SMALL.transfer_delay_minutes * 1.0  # ESI 4 weight 1
     assert float(info["reward_terms"]["transfer_cost"]) == pytest.approx(cost)
     _all_true(check_invariants(new))
 
@@ -298,7 +298,7 @@ def test_reward_terms_match_hand_computation():
     state = _state_with(params, patients)
     # Action 2 serves the ESI 5 patient; ESI 1 and ESI 3 keep waiting until t1 = 65.
     _, _, reward, _, info = step_env_jit(jax.random.PRNGKey(0), state, jnp.int32(2), params)
-    wait = 30.0 * (65.0 - 30.0) / 60.0 + 1.0 * 65.0 / 60.0
+    wait = 30.0 * (65.0 - 30.0) + 1.0 * 65.0  # acuity-weighted minutes
     var = np.var([1, 1, 0])
     expected = -(wait + 10.0 * var) * SMALL.reward_scale
     assert float(reward) == pytest.approx(expected, rel=1e-5)
