@@ -49,7 +49,9 @@ COLUMNS = (("acuity_weighted_wait", "acuity-wtd wait (min)"),
            ("lwbs_rate", "LWBS"),
            ("utilisation", "utilisation"),
            ("worst_class_p95_wait", "worst-class p95"),
-           ("episode_return", "return"))
+           ("episode_return", "return"),
+           ("surges", "surges/ep"),
+           ("transfers", "transfers/ep"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,7 +338,9 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
             f"{cfg.eval_episodes} held-out episodes per hospital (means over hospitals)\n",
             markdown_table(header, rows, digits=3),
             f"\nRounds to target: first evaluated round whose held-out return beats "
-            f"`{cfg.target_heuristic}`. Quality vs central: (R - R_random)/(R_central - R_random).\n"]
+            f"`{cfg.target_heuristic}`. Quality vs central: (R - R_random)/(R_central - R_random). "
+            "Surges/transfers: actions 3 and 4 per episode (the heuristics only ever serve a "
+            "queue; random picks them uniformly).\n"]
     if "local" in per_hospital and "fedavg" in per_hospital:
         hrows = []
         for h in range(cfg.num_hospitals):
