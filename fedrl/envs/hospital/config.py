@@ -74,6 +74,8 @@ class HospitalConfig:
     max_arrivals_per_step: int = 8  # Poisson arrivals beyond this in one interval are diverted
     max_transfers_in_per_step: int = 4
     event_buffer_size: int = 16  # per-step log of patients leaving the waiting room (metrics)
+    # Service starts per decision (the rest wait for the next one); bounds an unrolled loop.
+    max_starts_per_step: int = 8
 
     # --- action 3: surge resource ---
     surge_physicians: float = 1.0
@@ -83,7 +85,7 @@ class HospitalConfig:
     surge_cost: float = 300.0  # per surge_duration of surge bought (pro rata when extending)
 
     # --- action 4: transfer out ---
-    transfer_fixed_cost: float = 100.0
+    transfer_fixed_cost: float = 300.0  # ambulance, handover, risk [reconstructed]
     transfer_delay_minutes: float = 60.0  # delay charged like waiting: w_wait*weight*delay
 
     # --- reward (seed): -w_wait*sum(w_esi*wait_min) - w_var*var(q) + w_bonus*done_high - overutil
@@ -139,7 +141,7 @@ class HospitalConfig:
         require_positive("boost_threshold_minutes", self.boost_threshold_minutes)
         require_positive("decision_interval_minutes", self.decision_interval_minutes)
         for name in ("episode_steps", "max_patients", "max_arrivals_per_step",
-                     "max_transfers_in_per_step", "event_buffer_size"):
+                     "max_transfers_in_per_step", "event_buffer_size", "max_starts_per_step"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1,
                     f"{name} must be an integer >= 1, got {value!r}")

@@ -104,6 +104,7 @@ def make_params(cfg: HospitalConfig) -> EnvParams:
         max_arrivals=int(cfg.max_arrivals_per_step),
         max_transfers_in=int(cfg.max_transfers_in_per_step),
         event_buffer=int(cfg.event_buffer_size),
+        max_starts=int(cfg.max_starts_per_step),
     )
 
 
