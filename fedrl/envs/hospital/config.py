@@ -52,7 +52,8 @@ class HospitalConfig:
     # Physicians on duty by shift: day [shift_starts[0], shift_starts[1]), evening, night.
     physicians_by_shift: Tuple[float, ...] = (3.0, 2.0, 1.0)
     shift_starts: Tuple[int, ...] = (8, 16, 0)  # [reconstructed] evening covers the peak
-    patients_per_physician: float = 1.75  # concurrent patients one physician manages [reconstructed]
+    # Concurrent patients one physician manages [reconstructed].
+    patients_per_physician: float = 1.75
     num_beds: int = 26
     # Equipment units (monitors / imaging slots) available by shift [reconstructed].
     equipment_by_shift: Tuple[float, ...] = (5.0, 4.0, 3.0)

@@ -171,7 +171,10 @@ def _events(kinds: list, waits: list, esis: list, size: int):
     esi = jnp.concatenate([jnp.atleast_1d(e) for e in esis]).astype(jnp.int32)
     (idx,) = jnp.nonzero(kind != EVENT_NONE, size=size, fill_value=kind.shape[0])
     valid = idx < kind.shape[0]
-    take = lambda x, fill: jnp.where(valid, x.at[idx].get(mode="fill", fill_value=fill), fill)  # noqa
+
+    def take(x, fill):
+        return jnp.where(valid, x.at[idx].get(mode="fill", fill_value=fill), fill)
+
     dropped = jnp.maximum(jnp.sum(kind != EVENT_NONE) - size, 0)
     return {"event_kind": take(kind, EVENT_NONE), "event_wait": take(wait, 0.0),
             "event_esi": take(esi, 0), "events_dropped": dropped.astype(jnp.int32)}
@@ -401,5 +404,6 @@ def route_transfers(states: EnvState, transfers_out_by_esi: jax.Array) -> EnvSta
     return states.replace(pending_transfers_in=states.pending_transfers_in + incoming)
 
 
-__all__ = ["reset", "step", "step_env", "transition", "observation", "route_transfers", "arrival_rate",
+__all__ = ["reset", "step", "step_env", "transition", "observation", "route_transfers",
+           "arrival_rate",
            "capacities", "usage", "queue_lengths", "minutes", "OBS_DIM", "NUM_ACTIONS"]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrl.config import ConfigError
-from fedrl.envs.hospital.config import NUM_ESI, HospitalConfig
+from fedrl.envs.hospital.config import HospitalConfig
 from fedrl.envs.hospital.types import EnvParams
 
 TERTIARY_ESI = (0.02, 0.30, 0.50, 0.15, 0.03)
@@ -31,7 +31,7 @@ def _lognormal(mean: np.ndarray, cv: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _by_hour(values_by_shift, shift_starts) -> np.ndarray:
-    """Expand per-shift values to 24 hours: hour h belongs to the last shift started at or before h."""
+    """Per-shift values for each of 24 hours (hour h: the last shift started at or before h)."""
     out = np.zeros(24)
     order = sorted(range(3), key=lambda i: shift_starts[i])
     for h in range(24):

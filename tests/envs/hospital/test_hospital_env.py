@@ -1,6 +1,5 @@
 """ED environment: invariants, determinism, jit/vmap, each action's effect, aging, LWBS, config."""
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
