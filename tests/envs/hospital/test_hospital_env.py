@@ -85,10 +85,12 @@ def _all_true(inv):
 # ----------------------------------------------------------------------------- invariants
 @settings(max_examples=3, deadline=None)
 @given(visits=st.floats(20_000, 150_000), beds=st.integers(2, 30),
-       ppp=st.floats(0.5, 3.0), boost=st.floats(5.0, 120.0), seed=st.integers(0, 2**16))
-def test_invariants_hold_every_step_random_policy(visits, beds, ppp, boost, seed):
+       ppp=st.floats(0.5, 3.0), boost=st.floats(5.0, 120.0), spill=st.booleans(),
+       mode=st.sampled_from(["accumulated", "increment"]), seed=st.integers(0, 2**16))
+def test_invariants_hold_every_step_random_policy(visits, beds, ppp, boost, spill, mode, seed):
     cfg = dataclasses.replace(SMALL, annual_visits=visits, num_beds=beds,
-                              patients_per_physician=ppp, boost_threshold_minutes=boost)
+                              patients_per_physician=ppp, boost_threshold_minutes=boost,
+                              spill_to_other_queues=spill, wait_cost_mode=mode)
     (_, final), out = rollout_jit(jax.random.PRNGKey(seed), make_params(cfg), STEPS)
     _all_true(out["inv"])
     obs = np.asarray(out["obs"])
