@@ -7,7 +7,6 @@ Markdown tables go to stdout; nothing is written to disk.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import jax
@@ -43,7 +42,8 @@ def main() -> None:
     print(f"## default hospital ({cfg.annual_visits:.0f} visits/yr), {args.episodes} episodes "
           f"x {args.days} day(s)\n")
     print(table(make_params(cfg), key, args.episodes))
-    others = hospital_configs(cfg, args.hospitals, jax.random.fold_in(key, 1)) if args.hospitals else []
+    others = (hospital_configs(cfg, args.hospitals, jax.random.fold_in(key, 1))
+              if args.hospitals else [])
     for k, c in enumerate(others):
         shares = "/".join(f"{100 * s:.1f}" for s in c.esi_shares)
         print(f"\n## hospital {k}: {c.annual_visits:.0f} visits/yr, ESI % {shares}, "

@@ -52,7 +52,8 @@ class HospitalConfig:
     # Physicians on duty by shift: day [shift_starts[0], shift_starts[1]), evening, night.
     physicians_by_shift: Tuple[float, ...] = (3.0, 2.0, 1.0)
     shift_starts: Tuple[int, ...] = (8, 16, 0)  # [reconstructed] evening covers the peak
-    patients_per_physician: float = 1.75  # concurrent patients one physician manages [reconstructed]
+    # Concurrent patients one physician manages [reconstructed].
+    patients_per_physician: float = 1.75
     num_beds: int = 26
     # Equipment units (monitors / imaging slots) available by shift [reconstructed].
     equipment_by_shift: Tuple[float, ...] = (5.0, 4.0, 3.0)
@@ -74,6 +75,8 @@ class HospitalConfig:
     max_arrivals_per_step: int = 8  # Poisson arrivals beyond this in one interval are diverted
     max_transfers_in_per_step: int = 4
     event_buffer_size: int = 16  # per-step log of patients leaving the waiting room (metrics)
+    # Service starts per decision (the rest wait for the next one); bounds an unrolled loop.
+    max_starts_per_step: int = 8
 
     # --- action 3: surge resource ---
     surge_physicians: float = 1.0
@@ -83,7 +86,7 @@ class HospitalConfig:
     surge_cost: float = 300.0  # per surge_duration of surge bought (pro rata when extending)
 
     # --- action 4: transfer out ---
-    transfer_fixed_cost: float = 100.0
+    transfer_fixed_cost: float = 300.0  # ambulance, handover, risk [reconstructed]
     transfer_delay_minutes: float = 60.0  # delay charged like waiting: w_wait*weight*delay
 
     # --- reward (seed): -w_wait*sum(w_esi*wait_min) - w_var*var(q) + w_bonus*done_high - overutil
@@ -139,7 +142,7 @@ class HospitalConfig:
         require_positive("boost_threshold_minutes", self.boost_threshold_minutes)
         require_positive("decision_interval_minutes", self.decision_interval_minutes)
         for name in ("episode_steps", "max_patients", "max_arrivals_per_step",
-                     "max_transfers_in_per_step", "event_buffer_size"):
+                     "max_transfers_in_per_step", "event_buffer_size", "max_starts_per_step"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1,
                     f"{name} must be an integer >= 1, got {value!r}")

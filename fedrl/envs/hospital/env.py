@@ -30,7 +30,8 @@ from fedrl.envs.hospital.types import (
 
 NUM_QUEUES = 3
 NEVER = jnp.float32(jnp.inf)
-# Sort key stride between queue-order classes; queue entry times must stay below it (~91 days; float32 keeps ~0.01 min resolution).
+# Sort-key stride between queue-order classes; queue entry times stay below it (~91 days,
+# checked by HospitalConfig.validate), and float32 then resolves ~0.03 min.
 _ORDER_STRIDE = 131072.0
 
 
@@ -170,7 +171,10 @@ def _events(kinds: list, waits: list, esis: list, size: int):
     esi = jnp.concatenate([jnp.atleast_1d(e) for e in esis]).astype(jnp.int32)
     (idx,) = jnp.nonzero(kind != EVENT_NONE, size=size, fill_value=kind.shape[0])
     valid = idx < kind.shape[0]
-    take = lambda x, fill: jnp.where(valid, x.at[idx].get(mode="fill", fill_value=fill), fill)  # noqa
+
+    def take(x, fill):
+        return jnp.where(valid, x.at[idx].get(mode="fill", fill_value=fill), fill)
+
     dropped = jnp.maximum(jnp.sum(kind != EVENT_NONE) - size, 0)
     return {"event_kind": take(kind, EVENT_NONE), "event_wait": take(wait, 0.0),
             "event_esi": take(esi, 0), "events_dropped": dropped.astype(jnp.int32)}
@@ -235,18 +239,21 @@ def transition(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
                             p.queue)
     order = jnp.where(params.spill, spill_order, chosen)
     eligible = waiting & (order < big)
-    # Rank eligible patients by (queue order, queue entry time, slot) with one stable sort
-    # (O(N log N); a pairwise rank matrix was 3x slower at N=96 on CPU).
-    sort_key = jnp.where(eligible, order.astype(jnp.float32) * _ORDER_STRIDE + p.queue_entry,
-                         jnp.inf)
-    perm = jnp.argsort(sort_key, stable=True)
-    elig_s = eligible[perm]
-    eq_s = elig_s & p.needs_equipment[perm]
-    # Greedy in rank order: an equipment-needing patient is skipped once equipment runs out.
-    feasible_s = elig_s & (~eq_s | (jnp.cumsum(eq_s) <= free_eq))
-    rank_s = jnp.cumsum(feasible_s) - 1
-    start_s = feasible_s & (rank_s < jnp.minimum(free_staff, free_beds))
-    start = jnp.zeros_like(start_s).at[perm].set(start_s)
+    # Greedy in (queue order, queue entry time, slot) order: each pick takes a physician slot
+    # and a bed; an equipment-needing patient is skipped once equipment runs out. At most
+    # ``max_starts`` picks per interval (static unrolled argmins: a full sort of the slots was
+    # the slowest op of the step on CPU).
+    sort_key = order.astype(jnp.float32) * _ORDER_STRIDE + p.queue_entry
+    cap = jnp.minimum(free_staff, free_beds)
+    start = jnp.zeros((n,), bool)
+    eq_used = jnp.zeros((), jnp.int32)
+    for _ in range(params.max_starts):
+        n_started = jnp.sum(start, dtype=jnp.int32)
+        cand = eligible & ~start & (~p.needs_equipment | (eq_used < free_eq))
+        who_s = jnp.argmin(jnp.where(cand, sort_key, NEVER))
+        ok = cand[who_s] & (n_started < cap)
+        start = start | ((slot == who_s) & ok)
+        eq_used = eq_used + (ok & p.needs_equipment[who_s]).astype(jnp.int32)
     start_wait = t0 - p.arrival
     start_esi = p.esi
     p = p.replace(status=jnp.where(start, WITH_PROVIDER, p.status),
@@ -278,13 +285,16 @@ def transition(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
 
     # 4. arrivals during [t0, t1) plus transfers routed in, triaged into free slots.
     m, mt = params.max_arrivals, params.max_transfers_in
-    k_n, k_u, k_z = jax.random.split(key, 3)
+    # One RNG call for everything this interval (threefry dominates small ops on CPU):
+    # columns 0 ESI, 1 arrival offset, 2 admission, 3 boarding, 4 patience, 5-6 Box-Muller
+    # normals (service, LOS), 7 (row 0) Poisson count.
+    u = jax.random.uniform(key, (m + mt, 8))
+    radius = jnp.sqrt(-2.0 * jnp.log1p(-u[:, 5]))
+    z = jnp.stack([radius * jnp.cos(2 * jnp.pi * u[:, 6]),
+                   radius * jnp.sin(2 * jnp.pi * u[:, 6])], axis=1)
     lam = arrival_rate(params, t0, state.start_day) * dt
-    n_pois = _poisson_inverse_cdf(jax.random.uniform(k_n), lam, 4 * m + 8)
+    n_pois = _poisson_inverse_cdf(u[0, 7], lam, 4 * m + 8)
     n_in = jnp.sum(state.pending_transfers_in)
-    cand_valid = jnp.concatenate([jnp.arange(m) < n_pois, jnp.arange(mt) < n_in])
-    u = jax.random.uniform(k_u, (m + mt, 5))
-    z = jax.random.normal(k_z, (m + mt, 2))
     esi_pois = jnp.sum(u[:m, 0:1] >= params.esi_cdf[None, :4], axis=1)
     esi_in = jnp.sum(jnp.cumsum(state.pending_transfers_in)[None, :4]
                      <= jnp.arange(mt)[:, None], axis=1)
@@ -296,22 +306,27 @@ def transition(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
     boarding = jnp.where(admitted, -params.boarding_mean * jnp.log1p(-u[:, 3]), 0.0)
     patience = -params.patience_mean[esi] * jnp.log1p(-u[:, 4])
     deadline = jnp.where(params.patience_mean[esi] > 0, arrive + patience, NEVER)
+    # The r-th free slot (slot order) receives the r-th valid candidate: Poisson arrivals
+    # first, then transfers in. Gathers into the slots (cheaper than scatters on CPU).
+    n_pois_c = jnp.minimum(n_pois, m)
+    n_valid = n_pois_c + jnp.minimum(n_in, mt)
     free = p.status == EMPTY
-    (free_idx,) = jnp.nonzero(free, size=m + mt, fill_value=n)
-    cand_rank = jnp.cumsum(cand_valid) - 1
-    placed = cand_valid & (cand_rank < jnp.sum(free))
-    target = jnp.where(placed, free_idx[jnp.clip(cand_rank, 0, m + mt - 1)], n)
-    put = lambda x, v: x.at[target].set(v.astype(x.dtype), mode="drop")  # noqa: E731
+    free_rank = jnp.cumsum(free) - 1
+    placed = free & (free_rank < n_valid)
+    cand = jnp.clip(jnp.where(free_rank < n_pois_c, free_rank, m + free_rank - n_pois_c),
+                    0, m + mt - 1)
+    put = lambda x, v: jnp.where(placed, v.astype(x.dtype)[cand], x)  # noqa: E731
     p = Patients(
-        status=put(p.status, jnp.full((m + mt,), WAITING)), esi=put(p.esi, esi),
+        status=jnp.where(placed, WAITING, p.status), esi=put(p.esi, esi),
         queue=put(p.queue, params.esi_queue[esi]), arrival=put(p.arrival, arrive),
         queue_entry=put(p.queue_entry, arrive), deadline=put(p.deadline, deadline),
         service_left=put(p.service_left, service),
         bed_left=put(p.bed_left, jnp.maximum(los_draw - service, 0.0) + boarding),
         needs_equipment=put(p.needs_equipment, params.equipment_needed[esi]),
         admitted=put(p.admitted, admitted))
+    n_placed = jnp.sum(placed, dtype=jnp.int32)
     n_arrived = n_pois + n_in
-    n_diverted = n_arrived - jnp.sum(placed, dtype=jnp.int32)
+    n_diverted = n_arrived - n_placed
 
     # 5. leave without being seen (patience ran out by t1).
     waiting = p.status == WAITING
@@ -389,5 +404,6 @@ def route_transfers(states: EnvState, transfers_out_by_esi: jax.Array) -> EnvSta
     return states.replace(pending_transfers_in=states.pending_transfers_in + incoming)
 
 
-__all__ = ["reset", "step", "step_env", "transition", "observation", "route_transfers", "arrival_rate",
+__all__ = ["reset", "step", "step_env", "transition", "observation", "route_transfers",
+           "arrival_rate",
            "capacities", "usage", "queue_lengths", "minutes", "OBS_DIM", "NUM_ACTIONS"]

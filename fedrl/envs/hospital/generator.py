@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrl.config import ConfigError
-from fedrl.envs.hospital.config import NUM_ESI, HospitalConfig
+from fedrl.envs.hospital.config import HospitalConfig
 from fedrl.envs.hospital.types import EnvParams
 
 TERTIARY_ESI = (0.02, 0.30, 0.50, 0.15, 0.03)
@@ -31,7 +31,7 @@ def _lognormal(mean: np.ndarray, cv: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _by_hour(values_by_shift, shift_starts) -> np.ndarray:
-    """Expand per-shift values to 24 hours: hour h belongs to the last shift started at or before h."""
+    """Per-shift values for each of 24 hours (hour h: the last shift started at or before h)."""
     out = np.zeros(24)
     order = sorted(range(3), key=lambda i: shift_starts[i])
     for h in range(24):
@@ -104,6 +104,7 @@ def make_params(cfg: HospitalConfig) -> EnvParams:
         max_arrivals=int(cfg.max_arrivals_per_step),
         max_transfers_in=int(cfg.max_transfers_in_per_step),
         event_buffer=int(cfg.event_buffer_size),
+        max_starts=int(cfg.max_starts_per_step),
     )
 
 

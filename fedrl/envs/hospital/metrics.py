@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fedrl.envs.hospital.env import minutes, reset, step_env

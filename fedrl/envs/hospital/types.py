@@ -79,6 +79,7 @@ class EnvParams:
     max_arrivals: int = struct.field(pytree_node=False, default=8)
     max_transfers_in: int = struct.field(pytree_node=False, default=4)
     event_buffer: int = struct.field(pytree_node=False, default=16)
+    max_starts: int = struct.field(pytree_node=False, default=8)
 
 
 @struct.dataclass
