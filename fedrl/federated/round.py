@@ -32,7 +32,8 @@ from flax import struct
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns
 from fedrl.config import require, require_in_range
-from fedrl.federated.aggregation import AggregationTransform, Cohort, fedavg, server_update
+from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
+                                         fedavgm_optimizer, server_update)
 
 PyTree = Any
 
@@ -76,8 +77,8 @@ def make_server_optimizer(cfg: FederatedConfig) -> optax.GradientTransformation:
     if cfg.server_optimizer == "sgd":
         return optax.sgd(cfg.server_learning_rate)
     if cfg.server_optimizer == "momentum":
-        return optax.sgd(cfg.server_learning_rate, momentum=cfg.server_momentum)
-    return optax.adam(cfg.server_learning_rate)
+        return fedavgm_optimizer(cfg.server_learning_rate, cfg.server_momentum)
+    return fedadam_optimizer(cfg.server_learning_rate)
 
 
 @struct.dataclass
