@@ -18,7 +18,7 @@ or account fixed-size cohorts with sensitivity 2C.
 from __future__ import annotations
 
 import dataclasses
-import math
+import numbers
 from typing import Literal
 
 import dp_accounting
@@ -36,7 +36,8 @@ def _check_common(sampling_rate, rounds, delta, accountant) -> None:
     require(accountant in ACCOUNTANTS,
             f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     require_in_range("sampling_rate q", sampling_rate, 0.0, 1.0, low_open=True)
-    require(isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 1,
+    require(isinstance(rounds, numbers.Integral) and not isinstance(rounds, bool)
+            and rounds >= 1,
             f"rounds T must be an integer >= 1, got {rounds!r}")
     require_in_range("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
 

@@ -53,9 +53,10 @@ def laplace_release(key: jax.Array, w: jax.Array, epsilon: float, lower: float,
     (one record changes one weight by at most Delta). Each coordinate is its own release of
     privacy cost eps: use :func:`laplace_composition` for their total.
     """
-    if not isinstance(epsilon, jax.core.Tracer):
+    # Validate Python numbers at call time; traced values (under jit) cannot be checked here.
+    if isinstance(epsilon, (int, float)):
         require_positive("epsilon", epsilon)
-    if not any(isinstance(v, jax.core.Tracer) for v in (lower, upper)):
+    if isinstance(lower, (int, float)) and isinstance(upper, (int, float)):
         require(upper > lower, f"laplace_release needs upper > lower, got [{lower}, {upper}]")
     scale = (upper - lower) / epsilon
     clipped = jnp.clip(w, lower, upper)

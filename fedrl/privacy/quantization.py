@@ -109,6 +109,21 @@ def ring_neg(q: jax.Array, fp: FixedPoint) -> jax.Array:
     return _reduce(jnp.uint32(0) - q, fp)
 
 
+def ring_add(a: jax.Array, b: jax.Array, fp: FixedPoint) -> jax.Array:
+    """a + b modulo 2^b."""
+    return _reduce(a + b, fp)
+
+
+def ring_sub(a: jax.Array, b: jax.Array, fp: FixedPoint) -> jax.Array:
+    """a - b modulo 2^b."""
+    return _reduce(a - b, fp)
+
+
+def ring_reduce(q: jax.Array, fp: FixedPoint) -> jax.Array:
+    """uint32 values reduced modulo 2^b (identity for b = 32)."""
+    return _reduce(q, fp)
+
+
 def stochastic_round(key: jax.Array, x: jax.Array, fp: FixedPoint) -> jax.Array:
     """Quantize-dequantize (float -> fixed point -> float): the rounding a client's update
     undergoes before secure aggregation, without any masking."""

@@ -38,9 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedrl.config import ConfigError, require
+from fedrl.config import require
 from fedrl.privacy import shamir
-from fedrl.privacy.quantization import FixedPoint, ring_neg, ring_sum, _reduce
+from fedrl.privacy.quantization import (FixedPoint, ring_add, ring_neg, ring_reduce,
+                                        ring_sub, ring_sum)
 
 
 class SecureAggregationAborted(RuntimeError):
@@ -57,7 +58,7 @@ def seed_data(key: jax.Array) -> jax.Array:
 def prg(seed: jax.Array, dim: int, fp: FixedPoint) -> jax.Array:
     """PRG(seed): ``dim`` uniform ring elements from a raw threefry seed uint32[2]."""
     key = jax.random.wrap_key_data(seed, impl="threefry2x32")
-    return _reduce(jax.random.bits(key, (dim,), jnp.uint32), fp)
+    return ring_reduce(jax.random.bits(key, (dim,), jnp.uint32), fp)
 
 
 def pair_seeds(round_key: jax.Array, n_parties: int) -> jax.Array:
@@ -97,7 +98,7 @@ def pairwise_masks(seeds: jax.Array, partners: jax.Array, dim: int, fp: FixedPoi
             j, seed, is_partner = pair
             m = prg(seed, dim, fp)
             m = jnp.where(j > i, m, ring_neg(m, fp))
-            return _reduce(acc + jnp.where(is_partner & (j != i), m, jnp.uint32(0)), fp), None
+            return ring_add(acc, jnp.where(is_partner & (j != i), m, jnp.uint32(0)), fp), None
         acc, _ = jax.lax.scan(add_pair, jnp.zeros((dim,), jnp.uint32),
                               (jnp.arange(n), seeds_i, partners_i))
         return acc
@@ -120,9 +121,9 @@ def mask_inputs(q: jax.Array, seeds: jax.Array, active: jax.Array, fp: FixedPoin
     """Masked inputs y_i [K, D] of the parties in ``active`` (pairs among active parties)."""
     active = active.astype(bool)
     partners = active[:, None] & active[None, :]
-    y = _reduce(q + pairwise_masks(seeds, partners, q.shape[-1], fp), fp)
+    y = ring_add(q, pairwise_masks(seeds, partners, q.shape[-1], fp), fp)
     if self_mask_seeds is not None:
-        y = _reduce(y + self_masks(self_mask_seeds, active, q, fp), fp)
+        y = ring_add(y, self_masks(self_mask_seeds, active, q, fp), fp)
     return y
 
 
@@ -144,7 +145,7 @@ def masked_ring_sum(key: jax.Array, q: jax.Array, active: jax.Array, fp: FixedPo
     y = mask_inputs(q, seeds, active, fp, b)
     total = ring_sum(jnp.where(active[:, None], y, jnp.uint32(0)), fp)
     if use_self_masks:
-        total = _reduce(total + ring_neg(ring_sum(self_masks(b, active, q, fp), fp), fp), fp)
+        total = ring_sub(total, ring_sum(self_masks(b, active, q, fp), fp), fp)
     return total
 
 
@@ -227,7 +228,7 @@ def secure_aggregate(key: jax.Array, q: jax.Array, fp: FixedPoint, dropped=None,
         # Survivor v added +-PRG(s_vu) for each dropped u; remove exactly those terms.
         dangling = ring_sum(pairwise_masks(jnp.asarray(recovered), jnp.asarray(partners),
                                            dim, fp), fp)
-        total = _reduce(total + ring_neg(dangling, fp), fp)
+        total = ring_sub(total, dangling, fp)
     n_self = 0
     if use_self_masks:
         b_rec = np.zeros_like(b)
@@ -235,6 +236,6 @@ def secure_aggregate(key: jax.Array, q: jax.Array, fp: FixedPoint, dropped=None,
             b_rec[v] = _from_int(shamir.reconstruct([self_shares[v][h] for h in helpers]))
             n_self += 1
         own = ring_sum(self_masks(jnp.asarray(b_rec), jnp.asarray(survivors), q, fp), fp)
-        total = _reduce(total + ring_neg(own, fp), fp)
+        total = ring_sub(total, own, fp)
     return SecureAggregationOutcome(np.asarray(total), survivors, np.asarray(y),
                                     int(partners.sum()), n_self)

@@ -66,28 +66,37 @@ def _environment(k: int):
                 "synthetic 12-obs/5-action (fedrl.envs.hospital not available)", NUM_ACTIONS)
 
 
-def _round_time(dqn, env, env_params, fed_cfg, aggregator, repeats):
+def _compiled_round(dqn, env, env_params, fed_cfg, aggregator):
+    """(jitted step, state after a warm-up round that fills the replay buffers, compile s)."""
     rnd = make_federated_round(dqn, env, env_params, fed_cfg, aggregator)
     key = jax.random.key(1)
     state = rnd.init(jax.random.key(2))
     t0 = time.perf_counter()
     step = jax.jit(rnd.step.__wrapped__).lower(state, key).compile()
     compile_s = time.perf_counter() - t0
-    state, _ = step(state, key)            # warm-up round (fills the replay buffers)
+    state, _ = step(state, key)
     jax.block_until_ready(state)
-    times = []
+    return step, state, compile_s
+
+
+def _interleaved_times(variants: dict, repeats: int) -> dict:
+    """Median round time per variant, rounds of the variants interleaved so that load drift
+    on a shared machine hits all of them alike."""
+    times = {name: [] for name in variants}
     for r in range(repeats):
-        t0 = time.perf_counter()
-        state, metrics = step(state, jax.random.fold_in(key, r))
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), compile_s
+        for name, (step, state) in variants.items():
+            t0 = time.perf_counter()
+            state, metrics = step(state, jax.random.fold_in(jax.random.key(3), r))
+            jax.block_until_ready((state, metrics))
+            times[name].append(time.perf_counter() - t0)
+            variants[name] = (step, state)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(quick: bool = False) -> list[dict]:
     parties_list = (4,) if quick else (10, 50)
     local_steps = 16 if quick else 128
-    repeats = 5
+    repeats = 3 if quick else 7
     q, clip, z = 0.5, 1.0, 1.0
     dqn_cfg = DQNConfig(hidden_sizes=(64, 64) if quick else (256, 256), batch_size=64,
                         buffer_capacity=4_096, learning_starts=16 if quick else 64,
@@ -98,18 +107,22 @@ def run(quick: bool = False) -> list[dict]:
         dqn = make_dqn(dqn_cfg, num_actions)
         fed_cfg = FederatedConfig(num_rounds=1, local_steps=local_steps, sampling="poisson",
                                   sampling_rate=q)
-        t_plain, c_plain = _round_time(dqn, env, env_params, fed_cfg, fedavg(), repeats)
-        variants = [("dp_fedavg", dp_fedavg(clip, z, q * k)),
-                    ("dp_secure_fedavg", dp_secure_fedavg(clip, z, q * k))]
-        for label, aggregator in variants:
-            t, c = _round_time(dqn, env, env_params, fed_cfg, aggregator, repeats)
+        aggregators = {"fedavg": fedavg(), "dp_fedavg": dp_fedavg(clip, z, q * k),
+                       "dp_secure_fedavg": dp_secure_fedavg(clip, z, q * k)}
+        compiled, compile_s = {}, {}
+        for label, aggregator in aggregators.items():
+            step, state, compile_s[label] = _compiled_round(dqn, env, env_params, fed_cfg,
+                                                            aggregator)
+            compiled[label] = (step, state)
+        t = _interleaved_times(compiled, repeats)
+        for label in ("dp_fedavg", "dp_secure_fedavg"):
             rows.append({"name": f"dp_round_{label}",
                          "params": {"K": k, "q": q, "clip": clip, "z": z,
                                     "local_steps": local_steps,
                                     "net": "x".join(map(str, dqn_cfg.hidden_sizes)),
-                                    "env": env_name, "compile_s": round(c, 2),
-                                    "plain_compile_s": round(c_plain, 2),
-                                    "overhead": round(t / t_plain, 3)},
-                         "value": t, "unit": "s/round", "baseline": "plain fedavg round",
-                         "baseline_value": t_plain, "ratio": t_plain / t})
+                                    "env": env_name, "compile_s": round(compile_s[label], 2),
+                                    "plain_compile_s": round(compile_s["fedavg"], 2),
+                                    "overhead": round(t[label] / t["fedavg"], 3)},
+                         "value": t[label], "unit": "s/round", "baseline": "plain fedavg round",
+                         "baseline_value": t["fedavg"], "ratio": t["fedavg"] / t[label]})
     return rows

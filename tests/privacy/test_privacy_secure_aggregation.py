@@ -128,3 +128,15 @@ def test_shamir_threshold():
     assert shamir.reconstruct(shares[:3]) != secret
     with pytest.raises(ConfigError):
         shamir.split(secret, 3, 4, rng)
+
+
+def test_masking_program_does_not_grow_with_party_count():
+    """No Python loop over parties: the traced program has the same size for any K (given the
+    same remainder modulo the party batch of lax.map)."""
+    def size(k):
+        seeds = sa.pair_seeds(jax.random.key(0), k)
+        jaxpr = jax.make_jaxpr(lambda s, p: sa.pairwise_masks(s, p, 16, FP32))(
+            seeds, jnp.ones((k, k), bool))
+        return len(jaxpr.jaxpr.eqns), len(jaxpr.eqns[0].params["jaxpr"].eqns)
+    assert size(3) == size(6)
+    assert size(16) == size(64)
