@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -172,8 +173,11 @@ def evaluate_heuristics(names, env_params, key, num_episodes: int
 
 
 def mean_metrics(per_hospital: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over hospitals; a metric undefined everywhere (e.g. a class nobody was) is NaN."""
     keys = per_hospital[0].keys()
-    return {k: float(np.nanmean([m[k] for m in per_hospital])) for k in keys}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: float(np.nanmean([m[k] for m in per_hospital])) for k in keys}
 
 
 # -- training ----------------------------------------------------------------------------------

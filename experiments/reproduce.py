@@ -17,7 +17,7 @@ from fedrl.config import ConfigError
 from fedrl.results import atomic_write_text
 
 # In the order a reader meets them in the README.
-EXPERIMENTS = ("hospital",)
+EXPERIMENTS = ("hospital", "privacy_utility")
 
 
 def main(argv=None) -> int:
