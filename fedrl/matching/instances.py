@@ -16,6 +16,8 @@ mask bool[batch, n, m])``. Kinds:
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -24,6 +26,13 @@ KINDS = ("uniform", "normal", "masked", "ties", "integer", "dispatch")
 
 def random_instances(key: jax.Array, batch: int, n: int, m: int, kind: str = "uniform"):
     """Sample ``batch`` problems of shape ``n x m``; see the module docstring for the kinds."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown instance kind {kind!r}; choose one of {KINDS}")
+    return _sample(key, batch, n, m, kind)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _sample(key, batch, n, m, kind):
     k1, k2, k3, k4 = jax.random.split(key, 4)
     shape = (batch, n, m)
     ones = jnp.ones(shape, bool)
@@ -46,4 +55,4 @@ def random_instances(key: jax.Array, batch: int, n: int, m: int, kind: str = "un
         value = 0.2 * jax.random.uniform(k4, (batch, n, 1))
         p_done = 1.0 - 0.01 * jnp.exp(jnp.log(20.0) * dist / 0.25)
         return p_done * (fare - value), dist < 0.25
-    raise ValueError(f"unknown instance kind {kind!r}; choose one of {KINDS}")
+    raise AssertionError(kind)
