@@ -125,7 +125,7 @@ def _dual_bound(wm, p, c2r):
 
 
 def _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters, reverse_each_phase,
-                  warm_start, exact_integer):
+                  warm_start, exact_integer, reset_stale, first_rounds):
     """Auction on a problem with n <= m (rows bid forward). Returns (row_to_col, iters, ok)."""
     n, m = w.shape
     k = n
@@ -168,28 +168,49 @@ def _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters, rev
         last = eps <= eps_last
         # Warm start: keep the pairs that already satisfy eps-CS for the new eps (then
         # pi_i = w_ij - p_j is unchanged); every other row restarts unmatched with its exact
-        # best profit, which satisfies (I) with eps = 0.
-        values = wm - s["p"][None, :]
+        # best profit, which satisfies (I) with eps = 0. With reset_stale, the prices of
+        # unmatched columns are first set to 0 (any p >= 0 is a valid start), which may release
+        # more pairs, so repeat until no pair is released.
+        def release(c):
+            r2c, c2r, p, _ = c
+            if reset_stale:
+                p = jnp.where(c2r >= 0, p, 0.0)
+            values = wm - p[None, :]
+            best = jnp.max(values, axis=1)
+            held = jnp.take_along_axis(values, jnp.maximum(r2c, 0)[:, None], axis=1)[:, 0]
+            keep = (r2c >= 0) & (held >= best - eps) & warm_start
+            c2r = jnp.where((c2r >= 0) & keep[jnp.maximum(c2r, 0)], c2r, -1)
+            changed = jnp.any((r2c >= 0) & ~keep)
+            return jnp.where(keep, r2c, -1), c2r, p, changed
+
+        r2c, c2r, p, _ = jax.lax.while_loop(
+            lambda c: c[3], release, (s["r2c"], s["c2r"], s["p"], jnp.ones((), bool)))
+        values = wm - p[None, :]
         best = jnp.max(values, axis=1)
-        r2c = s["r2c"]
         held = jnp.take_along_axis(values, jnp.maximum(r2c, 0)[:, None], axis=1)[:, 0]
-        keep = (r2c >= 0) & (held >= best - eps) & warm_start
-        pi = jnp.where(keep, held, jnp.maximum(best, 0.0))
-        r2c = jnp.where(keep, r2c, -1)
-        c2r = jnp.where((s["c2r"] >= 0) & keep[jnp.maximum(s["c2r"], 0)], s["c2r"], -1)
-        s = dict(s, pi=pi, r2c=r2c, c2r=c2r)
-        s = jax.lax.while_loop(lambda s: active_rows(s) & (s["it"] < max_iters), forward, s)
+        pi = jnp.where(r2c >= 0, held, jnp.maximum(best, 0.0))
+        s = dict(s, pi=pi, r2c=r2c, c2r=c2r, p=p)
+        # The optimistic first phase (eps = eps_final from zero prices) gets first_rounds
+        # forward rounds; easy problems (few conflicts) finish there, the others keep the
+        # prices (valid for any larger eps) and continue with the scaling schedule.
+        limit = jnp.where(s["optimistic"], s["it"] + first_rounds, max_iters)
+        limit = jnp.minimum(limit, max_iters)
+        s = jax.lax.while_loop(lambda s: active_rows(s) & (s["it"] < limit), forward, s)
+        cut = active_rows(s)
         done = certified(s)
-        do_reverse = ~done & (last | reverse_each_phase)
+        do_reverse = ~done & ~cut & (last | reverse_each_phase)
         s = jax.lax.while_loop(
             lambda s: do_reverse & active_cols(s) & (s["it"] < max_iters), reverse, s)
         done = done | certified(s) | (last & ~active_rows(s) & ~active_cols(s))
-        return dict(s, eps=jnp.maximum(eps * eps_factor, eps_last), done=done)
+        restart = s["optimistic"] & ~done
+        eps_next = jnp.where(restart, eps_first, jnp.maximum(eps * eps_factor, eps_last))
+        return dict(s, eps=eps_next, done=done, optimistic=jnp.zeros((), bool))
 
     s = dict(p=jnp.zeros((m,), w.dtype), pi=jnp.zeros((n,), w.dtype),
              r2c=jnp.full((n,), -1, jnp.int32), c2r=jnp.full((m,), -1, jnp.int32),
-             eps=eps_first.astype(w.dtype), it=jnp.zeros((), jnp.int32),
-             done=jnp.zeros((), bool))
+             eps=jnp.where(first_rounds > 0, eps_last, eps_first).astype(w.dtype),
+             it=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
+             optimistic=jnp.asarray(first_rounds > 0))
     s = jax.lax.while_loop(lambda s: ~s["done"] & (s["it"] < max_iters), phase, s)
     return s["r2c"], s["it"], s["done"]
 
@@ -197,7 +218,8 @@ def _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters, rev
 def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: float = 0.1,
                   eps_final: float | None = None, tol: float = 1e-3, max_iters: int = 100_000,
                   reverse_each_phase: bool = True, warm_start: bool = True,
-                  exact_integer: bool = True,
+                  exact_integer: bool = True, reset_stale: bool = False,
+                  first_rounds: int = 16,
                   allow_nonpositive: bool = False) -> MatchResult:
     """Max-weight matching by a Jacobi forward/reverse auction with epsilon scaling.
 
@@ -244,7 +266,8 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
     if transpose:
         w, elig = w.T, elig.T
     r2c, iters, ok = _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters,
-                                   reverse_each_phase, warm_start, exact_integer)
+                                   reverse_each_phase, warm_start, exact_integer,
+                                   reset_stale, first_rounds)
     if transpose:
         # r2c here maps original columns to original rows; invert it.
         target = jnp.where(r2c >= 0, r2c, n)
