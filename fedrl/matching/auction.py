@@ -40,7 +40,15 @@ keeps (I)); else it takes ``j*`` with profit ``pi_i = max(omega - eps, 0)`` and 
 Epsilon scaling: phase k uses ``eps_k = max(eps_start * scale * eps_factor**k, eps_final)``
 with ``scale = max eligible weight``. Prices carry over between phases; pairs that still satisfy
 eps-CS for the new eps are kept (warm start) and every other row restarts unmatched with
-``pi_i = max(0, max_j w_ij - p_j)`` (which satisfies (I) with eps = 0).
+``pi_i = max(0, max_j w_ij - p_j)`` (which satisfies (I) with eps = 0). [reconstructed]
+Before the schedule, an *optimistic phase* runs at ``eps_final`` from zero prices for at most
+``first_rounds`` forward rounds: problems with few conflicts (uniform weights) finish there in a
+handful of rounds, where scaling would cost several phases; the others keep its prices (a valid
+start for any larger eps) and continue with the schedule. ``reset_stale=True`` sets the prices
+of columns left unmatched at a phase start to 0 (any p >= 0 is a valid start; kept pairs that
+are no longer eps-CS are released until none is), which removes the need for reverse rounds but
+throws away the price information of contested columns: faster on easy instances, several
+times slower on dispatch-like ones, hence off by default.
 
 Stopping. (a) *A posteriori certificate*, checked at the end of each phase's forward and reverse
 parts: for any prices ``q >= 0``, ``D(q) = sum_i max(0, max_j w_ij - q_j) + sum_j q_j`` is an
@@ -60,8 +68,12 @@ with ``min(n, m)`` up to ~100; the certificate is computed in the weights' dtype
 Speed notes. The smaller side bids forward. Best / second best use max + masked max and the
 best index a min over an iota (argmax is a slow variadic reduce on XLA:CPU, ``lax.top_k``
 slower still); competing bids are resolved by scatter-max over the bidders rather than a dense
-bid matrix. Under ``vmap`` every ``while_loop`` runs until the slowest problem of the batch is
-done, and phases are synchronised across the batch.
+bid matrix. The first forward round of a phase is dense (all released rows bid); later rounds
+gather only the first ``bidders_per_round`` active bidders (4 by default), because after the
+first round a phase has only a few active bidders and a dense round would spend O(n m) on
+settled ones (any subset of bidders may bid, so this is still the auction: between
+Gauss-Seidel and Jacobi). Under ``vmap`` every ``while_loop`` runs until the slowest problem of
+the batch is done, and phases are synchronised across the batch.
 """
 from __future__ import annotations
 
@@ -112,6 +124,43 @@ def _bid_round(wm, prices, profits, own, owner, eps):
     return prices, profits, own, owner
 
 
+def _bid_round_compact(wm, prices, profits, own, owner, eps, width):
+    """Like :func:`_bid_round`, but only the first ``width`` active bidders bid this round.
+
+    Any subset of the unmatched bidders may bid in an auction round (the invariant and the
+    termination argument hold bidder by bidder), so this is still Bertsekas' auction, between
+    Gauss-Seidel (width 1) and Jacobi (width = all). Their weight rows are gathered first, so a
+    round costs O(width * objects) instead of O(bidders * objects): late rounds of a phase have
+    only a few active bidders, and the dense round wastes most of its work on settled ones.
+    """
+    nb, no = wm.shape
+    active = (own < 0) & (profits > 0)
+    idx = jnp.nonzero(active, size=width, fill_value=nb)[0].astype(jnp.int32)
+    valid = idx < nb
+    values = wm[jnp.minimum(idx, nb - 1)] - prices[None, :]
+    beta = jnp.max(values, axis=1)
+    iota = jnp.arange(no, dtype=jnp.int32)
+    best = jnp.min(jnp.where(values == beta[:, None], iota[None, :], no - 1), axis=1)
+    omega = jnp.max(jnp.where(iota[None, :] == best[:, None], _NEG, values), axis=1)
+    bidding = valid & (beta > eps)
+    settling = valid & ~bidding
+    new_profit = jnp.maximum(omega - eps, 0.0)
+    offer = jnp.where(bidding, beta + prices[best] - new_profit, _NEG)
+    top = jnp.full((no,), _NEG, wm.dtype).at[best].max(offer)
+    has_bid = top > _NEG
+    claim = jnp.where(bidding & (offer >= top[best]), idx, nb)
+    winner = jnp.full((no,), nb, jnp.int32).at[best].min(claim)
+    won = bidding & (winner[best] == idx)
+    displaced = (own >= 0) & has_bid[jnp.maximum(own, 0)]
+    own = jnp.where(displaced, -1, own)
+    own = own.at[jnp.where(won, idx, nb)].set(best, mode="drop")
+    owner = jnp.where(has_bid, winner, owner)
+    prices = jnp.where(has_bid, top, prices)
+    profits = profits.at[jnp.where(won | settling, idx, nb)].set(
+        jnp.where(won, new_profit, 0.0), mode="drop")
+    return prices, profits, own, owner
+
+
 def _dual_bound(wm, p, c2r):
     """An upper bound on the optimum from column prices (LP weak duality).
 
@@ -125,7 +174,7 @@ def _dual_bound(wm, p, c2r):
 
 
 def _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters, reverse_each_phase,
-                  warm_start, exact_integer, reset_stale, first_rounds):
+                  warm_start, exact_integer, reset_stale, first_rounds, width):
     """Auction on a problem with n <= m (rows bid forward). Returns (row_to_col, iters, ok)."""
     n, m = w.shape
     k = n
@@ -155,12 +204,20 @@ def _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters, rev
         gap = _dual_bound(wm, s["p"], s["c2r"]) - total
         return ~active_rows(s) & jnp.where(integral, gap < 0.5, gap <= tol * total)
 
-    def forward(s):
-        p, pi, r2c, c2r = _bid_round(wm, s["p"], s["pi"], s["r2c"], s["c2r"], s["eps"])
+    def forward(s, dense=False):
+        if dense or width is None or width >= n:
+            p, pi, r2c, c2r = _bid_round(wm, s["p"], s["pi"], s["r2c"], s["c2r"], s["eps"])
+        else:
+            p, pi, r2c, c2r = _bid_round_compact(wm, s["p"], s["pi"], s["r2c"], s["c2r"],
+                                                 s["eps"], width)
         return dict(s, p=p, pi=pi, r2c=r2c, c2r=c2r, it=s["it"] + 1)
 
     def reverse(s):
-        pi, p, c2r, r2c = _bid_round(wmt, s["pi"], s["p"], s["c2r"], s["r2c"], s["eps"])
+        if width is None or width >= m:
+            pi, p, c2r, r2c = _bid_round(wmt, s["pi"], s["p"], s["c2r"], s["r2c"], s["eps"])
+        else:
+            pi, p, c2r, r2c = _bid_round_compact(wmt, s["pi"], s["p"], s["c2r"], s["r2c"],
+                                                 s["eps"], width)
         return dict(s, p=p, pi=pi, r2c=r2c, c2r=c2r, it=s["it"] + 1)
 
     def phase(s):
@@ -195,6 +252,9 @@ def _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters, rev
         # prices (valid for any larger eps) and continue with the scaling schedule.
         limit = jnp.where(s["optimistic"], s["it"] + first_rounds, max_iters)
         limit = jnp.minimum(limit, max_iters)
+        # The first round of a phase has many bidders (all released rows): one dense round.
+        s = jax.lax.cond(active_rows(s) & (s["it"] < limit),
+                         lambda s: forward(s, dense=True), lambda s: s, s)
         s = jax.lax.while_loop(lambda s: active_rows(s) & (s["it"] < limit), forward, s)
         cut = active_rows(s)
         done = certified(s)
@@ -219,7 +279,7 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
                   eps_final: float | None = None, tol: float = 1e-3, max_iters: int = 100_000,
                   reverse_each_phase: bool = True, warm_start: bool = True,
                   exact_integer: bool = True, reset_stale: bool = False,
-                  first_rounds: int = 16,
+                  first_rounds: int = 16, bidders_per_round: int | None = 4,
                   allow_nonpositive: bool = False) -> MatchResult:
     """Max-weight matching by a Jacobi forward/reverse auction with epsilon scaling.
 
@@ -241,6 +301,11 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
       reverse_each_phase: run reverse rounds in every phase (True) or only in the last one.
       warm_start: keep eps-CS pairs from one phase to the next (False: restart all rows).
       exact_integer: when all eligible weights are integers, run until optimality is proved.
+      reset_stale: zero the prices of unmatched columns at each phase start (see above).
+      first_rounds: forward-round budget of the optimistic phase at eps_final (0: off).
+      bidders_per_round: how many active bidders bid per round after the first (dense) round
+        of a phase; their rows are gathered so a round costs O(width * m). None = all (pure
+        Jacobi). Any subset may bid in an auction round, so the guarantee is unchanged.
       allow_nonpositive: assignment semantics (max cardinality, then max weight); see
         :func:`fedrl.matching.types.eligible_weights`.
 
@@ -257,6 +322,12 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
         raise ConfigError(f"tol must be > 0, got {tol!r}")
     if not (isinstance(max_iters, int) and max_iters >= 0):
         raise ConfigError(f"max_iters must be an int >= 0, got {max_iters!r}")
+    if not (isinstance(first_rounds, int) and first_rounds >= 0):
+        raise ConfigError(f"first_rounds must be an int >= 0, got {first_rounds!r}")
+    if bidders_per_round is not None and not (
+            isinstance(bidders_per_round, int) and bidders_per_round >= 1):
+        raise ConfigError(f"bidders_per_round must be an int >= 1 or None, "
+                          f"got {bidders_per_round!r}")
     weights, mask = check_problem(weights, mask)
     n, m = weights.shape
     if n == 0 or m == 0:
@@ -267,7 +338,7 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
         w, elig = w.T, elig.T
     r2c, iters, ok = _auction_core(w, elig, eps_start, eps_factor, eps_final, tol, max_iters,
                                    reverse_each_phase, warm_start, exact_integer,
-                                   reset_stale, first_rounds)
+                                   reset_stale, first_rounds, bidders_per_round)
     if transpose:
         # r2c here maps original columns to original rows; invert it.
         target = jnp.where(r2c >= 0, r2c, n)

@@ -138,8 +138,10 @@ def test_property_padded_subproblems(n, m, data):
     assert opt * (1 - TOL) - 1e-4 <= total <= opt + 1e-4
 
 
-def test_reset_stale_option_is_valid_and_within_tolerance():
-    solve = jax.jit(jax.vmap(functools.partial(auction_match, reset_stale=True)))
+def test_pure_jacobi_and_reset_stale_options_are_valid_and_within_tolerance():
+    # bidders_per_round=None: every active bidder bids every round (the dense Jacobi path).
+    solve = jax.jit(jax.vmap(functools.partial(auction_match, reset_stale=True,
+                                               bidders_per_round=None)))
     for kind in KINDS:
         w, mask = batch(kind, 5, 12)
         res = solve(w, mask)
