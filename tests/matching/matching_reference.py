@@ -73,12 +73,11 @@ def check_valid(result, weights, mask, allow_nonpositive=False, atol=1e-4):
 KINDS = ("uniform", "normal", "masked", "ties", "integer", "dispatch")
 
 
-@functools.lru_cache(maxsize=None)
-def _base(kind: str):
-    """64 instances of 12 x 12 of one kind, drawn with NumPy (no JAX compile; independent of
-    fedrl.matching.instances, whose kinds it mirrors)."""
-    rng = np.random.default_rng(KINDS.index(kind))
-    shape = (64, 12, 12)
+def np_instances(kind: str, b: int, n: int, m: int, seed: int = 0):
+    """``b`` instances of ``kind`` and shape n x m drawn with NumPy (no JAX compile; independent
+    of fedrl.matching.instances, whose kinds it mirrors)."""
+    rng = np.random.default_rng(seed)
+    shape = (b, n, m)
     ones = np.ones(shape, bool)
     if kind == "uniform":
         return rng.random(shape, np.float32), ones
@@ -90,12 +89,18 @@ def _base(kind: str):
         return rng.integers(-1, 3, shape).astype(np.float32), ones
     if kind == "integer":
         return rng.integers(0, 101, shape).astype(np.float32), rng.random(shape) < 0.5
-    drivers, orders = rng.random((64, 12, 2)), rng.random((64, 12, 2))
+    assert kind == "dispatch", kind
+    drivers, orders = rng.random((b, n, 2)), rng.random((b, m, 2))
     dist = np.linalg.norm(drivers[:, :, None] - orders[:, None], axis=-1)
-    fare = np.exp(0.5 * rng.standard_normal((64, 1, 12)))
-    value = 0.2 * rng.random((64, 12, 1))
+    fare = np.exp(0.5 * rng.standard_normal((b, 1, m)))
+    value = 0.2 * rng.random((b, n, 1))
     w = (1.0 - 0.01 * np.exp(np.log(20.0) * dist / 0.25)) * (fare - value)
     return w.astype(np.float32), dist < 0.25
+
+
+@functools.lru_cache(maxsize=None)
+def _base(kind: str):
+    return np_instances(kind, 64, 12, 12, seed=KINDS.index(kind))
 
 
 def batch(kind: str, n: int, m: int, size: int = 64):

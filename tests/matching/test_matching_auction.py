@@ -10,9 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 from fedrl.config import ConfigError
 from fedrl.matching import auction_match
-from fedrl.matching.instances import random_instances
 
-from matching_reference import KINDS, batch, check_valid, max_cardinality, optima, optimum
+from matching_reference import (KINDS, batch, check_valid, max_cardinality, np_instances,
+                                optima, optimum)
 
 TOL = 1e-3  # the default relative tolerance of auction_match
 
@@ -55,7 +55,7 @@ def test_valid_and_within_tolerance_on_random_batches(n, m):
 
 def test_dispatch_shaped_batch_and_vmap_equals_loop():
     # 64 dispatch-like problems of 16 x 48 (the simulator's batch shape): gap < 0.1 %.
-    w, mask = random_instances(jax.random.key(11), 64, 16, 48, "dispatch")
+    w, mask = np_instances("dispatch", 64, 16, 48, seed=11)
     batched = jax.jit(jax.vmap(auction_match))(w, mask)
     totals = check_valid(batched, w, mask)
     assert np.asarray(batched.converged).all()

@@ -96,3 +96,11 @@ def test_match_vmaps_leading_axes_and_validates():
         match(w, mask[..., :3])
     with pytest.raises(ConfigError, match="2-D"):
         hungarian_match(w)
+
+
+def test_instance_generator_kinds():
+    from fedrl.matching.instances import random_instances
+    w, mask = random_instances(jax.random.key(0), 3, 4, 6, "dispatch")
+    assert w.shape == mask.shape == (3, 4, 6) and mask.dtype == jnp.bool_
+    with pytest.raises(ValueError, match="unknown instance kind"):
+        random_instances(jax.random.key(0), 1, 2, 2, "bogus")
