@@ -36,6 +36,7 @@ from fedrl.agents.dqn import DQN, DQNConfig, EnvFns, make_dqn
 from fedrl.config import require
 from fedrl.envs import hospital
 from fedrl.federated.aggregation import AggregationTransform
+from fedrl.federated.aggregators import AggregatorConfig, build_aggregator
 from fedrl.federated.round import FederatedConfig, FederatedState, make_federated_round
 
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
@@ -61,6 +62,7 @@ class HospitalExperimentConfig:
     env: hospital.HospitalConfig = hospital.HospitalConfig()
     dqn: DQNConfig = DQNConfig()
     fed: FederatedConfig = FederatedConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()   # fedavg | secure | dp | dp_secure
     methods: tuple[str, ...] = DQN_METHODS
     heuristics: tuple[str, ...] = HEURISTIC_NAMES
     eval_episodes: int = 4            # held-out episodes per hospital for the final table
@@ -209,6 +211,8 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
     """
     label = label or method
     dqn, fed_cfg, stacked = method_setup(method, cfg, env_params)
+    if aggregator is None and method == "fedavg":
+        aggregator, _ = build_aggregator(cfg.aggregator, cfg.num_hospitals, fed_cfg)
     rnd = make_federated_round(dqn, ENV, stacked, fed_cfg, aggregator)
     state: FederatedState = rnd.init(jax.random.fold_in(key, 0))
     curve = np.full((fed_cfg.num_rounds,), np.nan)
@@ -287,12 +291,16 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
         variants = [(method, False)] + ([(f"{method}_personalized", True)]
                                         if method == "fedavg" else [])
         result = {"methods": {}, "per_hospital": {}, "curve": curve.tolist()}
+        privacy = (build_aggregator(cfg.aggregator, cfg.num_hospitals, cfg.fed)[1]
+                   if method == "fedavg" else None)
         for label, personalized in variants:
             params, shared = eval_params(method, state, personalized)
             hosp = evaluate_dqn(dqn, params, env_params, eval_key, cfg.eval_episodes,
                                 shared_model=shared)
             result["per_hospital"][label] = hosp
             result["methods"][label] = {"kind": "dqn", **mean_metrics(hosp),
+                                        "aggregator": cfg.aggregator.kind if method == "fedavg"
+                                        else None, "privacy": privacy,
                                         "train_time_s": timing["train_s"],
                                         "compile_time_s": timing["compile_s"]}
         ctx.finish(method, result)
@@ -344,7 +352,14 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
             f"\nRounds to target: first evaluated round whose held-out return beats "
             f"`{cfg.target_heuristic}`. Quality vs central: (R - R_random)/(R_central - R_random). "
             "Surges/transfers: actions 3 and 4 per episode (the heuristics only ever serve a "
-            "queue; random picks them uniformly).\n"]
+            "queue; random picks them uniformly). FedAvg aggregation: "
+            f"`{cfg.aggregator.kind}`.\n"]
+    record = methods.get("fedavg", {}).get("privacy")
+    if record:
+        text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "
+                    f"{record['delta']:g})-DP at the client level after {record['rounds']} rounds "
+                    f"({record['accountant'].upper()} accountant; q={record['sampling_rate']:g}, "
+                    f"z={record['noise_multiplier']:g}, C={record['clip_norm']:g}).\n")
     if "local" in per_hospital and "fedavg" in per_hospital:
         hrows = []
         for h in range(cfg.num_hospitals):

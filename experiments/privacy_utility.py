@@ -27,10 +27,8 @@ from experiments.common import Experiment, Report, RunContext, main, markdown_ta
 from fedrl.agents.dqn import DQNConfig
 from fedrl.config import require, require_in_range
 from fedrl.envs import hospital
-from fedrl.federated.aggregation import dp_fedavg, dp_secure_fedavg, fedavg, secure_fedavg
+from fedrl.federated.aggregators import AggregatorConfig, build_aggregator
 from fedrl.federated.round import FederatedConfig
-from fedrl.privacy.accounting import DPConfig
-from fedrl.privacy.quantization import FixedPoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,23 +87,16 @@ PRESETS = {"smoke": smoke, "quick": quick, "paper": paper}
 def settings(cfg: PrivacyUtilityConfig) -> list[tuple[str, Any, dict | None]]:
     """(label, aggregator, privacy record) of every run, in table order."""
     k, fed = cfg.base.num_hospitals, cfg.base.fed
-    expected = fed.sampling_rate * k
-    runs: list[tuple[str, Any, dict | None]] = [("fedavg", fedavg(), None)]
-    if cfg.secure:
-        fp = FixedPoint(scale=2.0 ** 31 / (cfg.secure_value_bound * k * 2), bits=32,
-                        value_bound=cfg.secure_value_bound)
-        fp.check_parties(k)
-        runs.append(("fedavg+secure", secure_fedavg(fp, weight_cap=float(fed.local_steps)),
-                     None))
+    base = AggregatorConfig(clip_norm=cfg.clip_norm, delta=cfg.delta,
+                            secure_value_bound=cfg.secure_value_bound)
+    kinds = [("fedavg", "fedavg", 1.0)] + ([("fedavg+secure", "secure", 1.0)] if cfg.secure else [])
     for z in cfg.noise_multipliers:
-        record = DPConfig(clip_norm=cfg.clip_norm, noise_multiplier=z,
-                          sampling_rate=fed.sampling_rate, rounds=fed.num_rounds,
-                          delta=cfg.delta, accountant="pld").record()
-        runs.append((f"dp z={z:g}", dp_fedavg(cfg.clip_norm, z, expected), record))
+        kinds.append((f"dp z={z:g}", "dp", z))
         if cfg.secure:
-            runs.append((f"dp+secure z={z:g}",
-                         dp_secure_fedavg(cfg.clip_norm, z, expected), record))
-    return runs
+            kinds.append((f"dp+secure z={z:g}", "dp_secure", z))
+    return [(label, *build_aggregator(dataclasses.replace(base, kind=kind, noise_multiplier=z),
+                                      k, fed))
+            for label, kind, z in kinds]
 
 
 def run(cfg: PrivacyUtilityConfig, seed: int, ctx: RunContext) -> Report:

@@ -17,7 +17,9 @@ or account fixed-size cohorts with sensitivity 2C.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import numbers
 from typing import Literal
 
@@ -64,8 +66,22 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     _check_common(sampling_rate, rounds, delta, accountant)
     require_positive("noise_multiplier z", noise_multiplier)
     acc = make_accountant(accountant, pld_discretization)
-    acc.compose(dp_event(noise_multiplier, sampling_rate, rounds))
-    return float(acc.get_epsilon(delta))
+    with _quiet_absl():
+        acc.compose(dp_event(noise_multiplier, sampling_rate, rounds))
+        return float(acc.get_epsilon(delta))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Silence dp-accounting's per-order RDP warnings for large q (orders whose series does not
+    converge are excluded from the minimum, which only makes the bound conservative)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def noise_multiplier_for_epsilon(target_epsilon: float, sampling_rate: float, rounds: int,

@@ -1,0 +1,80 @@
+"""Choose a federated round's aggregation by config: FedAvg, DP-FedAvg, secure, DP + secure.
+
+One frozen dataclass (:class:`AggregatorConfig`) names the aggregation and its parameters;
+:func:`build_aggregator` turns it into the chain of :mod:`fedrl.federated.aggregation` and, for
+DP runs, the privacy record (epsilon, delta, accountant and its parameters) that every DP
+result stores.
+
+* ``fedavg``: weighted mean (McMahan et al., AISTATS 2017);
+* ``secure``: the same mean through mask-based secure aggregation (Bonawitz et al., CCS 2017);
+* ``dp``: DP-FedAvg (McMahan, Ramage, Talwar, Zhang, ICLR 2018): clip to C, sum, Gaussian noise
+  of std z*C on the sum, divide by the expected cohort q*N; needs Poisson client sampling;
+* ``dp_secure``: DP-FedAvg whose sum goes through secure aggregation, the server adding the
+  central noise to the unmasked sum.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from fedrl.config import require, require_in_range, require_positive
+from fedrl.federated import aggregation
+from fedrl.federated.aggregation import AggregationTransform
+from fedrl.federated.round import FederatedConfig
+from fedrl.privacy.accounting import DPConfig
+from fedrl.privacy.quantization import FixedPoint
+
+KINDS = ("fedavg", "secure", "dp", "dp_secure")
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorConfig:
+    kind: Literal["fedavg", "secure", "dp", "dp_secure"] = "fedavg"
+    clip_norm: float = 1.0             # DP: L2 bound C of one party's update
+    noise_multiplier: float = 1.0      # DP: z (noise std z*C on the sum)
+    delta: float = 1e-5                # DP: target delta of the reported epsilon
+    accountant: Literal["pld", "rdp"] = "pld"
+    secure_value_bound: float = 4.0    # secure (no DP): fixed-point range of an update coordinate
+    self_masks: bool = False           # secure: Bonawitz's double masking
+
+    def validate(self) -> None:
+        require(self.kind in KINDS, f"aggregator.kind must be one of {KINDS}, got {self.kind!r}")
+        require_positive("aggregator.clip_norm", self.clip_norm)
+        require_positive("aggregator.noise_multiplier", self.noise_multiplier)
+        require_in_range("aggregator.delta", self.delta, 0.0, 1.0, low_open=True,
+                         high_open=True)
+        require(self.accountant in ("pld", "rdp"),
+                f"aggregator.accountant must be 'pld' or 'rdp', got {self.accountant!r}")
+        require_positive("aggregator.secure_value_bound", self.secure_value_bound)
+
+    @property
+    def is_dp(self) -> bool:
+        return self.kind in ("dp", "dp_secure")
+
+
+def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConfig
+                     ) -> tuple[AggregationTransform, dict | None]:
+    """The aggregation chain for ``num_parties`` parties, and the DP record (None without DP)."""
+    cfg.validate()
+    if cfg.kind == "fedavg":
+        return aggregation.fedavg(), None
+    if cfg.kind == "secure":
+        # Room for every party's value in the signed 32-bit ring: K * B * scale < 2^31.
+        fp = FixedPoint(scale=2.0 ** 30 / (cfg.secure_value_bound * num_parties), bits=32,
+                        value_bound=cfg.secure_value_bound)
+        fp.check_parties(num_parties)
+        # Weights are local transition counts (at most local_steps): capped weights keep the
+        # individual weights hidden and equal FedAvg's weighting below the cap.
+        return aggregation.secure_fedavg(fp, weight_cap=float(fed.local_steps),
+                                         use_self_masks=cfg.self_masks), None
+    require(fed.sampling == "poisson",
+            "DP aggregation needs fed.sampling='poisson': the accountant models Poisson client "
+            "sampling (fixed-size cohorts would under-report epsilon)")
+    expected = fed.sampling_rate * num_parties
+    record = DPConfig(clip_norm=cfg.clip_norm, noise_multiplier=cfg.noise_multiplier,
+                      sampling_rate=fed.sampling_rate, rounds=fed.num_rounds, delta=cfg.delta,
+                      accountant=cfg.accountant).record()
+    if cfg.kind == "dp":
+        return aggregation.dp_fedavg(cfg.clip_norm, cfg.noise_multiplier, expected), record
+    return aggregation.dp_secure_fedavg(cfg.clip_norm, cfg.noise_multiplier, expected,
+                                        use_self_masks=cfg.self_masks), record
