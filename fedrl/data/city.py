@@ -194,13 +194,11 @@ def generate_day(cfg: CityConfig, seed: int) -> CityDay:
                     reward=fare(road_km, hour % 24.0, cfg))
 
     # --- drivers: shifts following demand, started one hour ahead ---------------------------
-    nd = int(round(cfg.drivers_per_day * cfg.scale * cfg.hours / 24.0))
-    nd = max(nd, 1)
+    # The whole day's drivers are generated even for a partial window (the simulator keeps
+    # those whose shift overlaps it), so a window sees the right number online.
+    nd = max(1, int(round(cfg.drivers_per_day * cfg.scale)))
     start_rate = demand_profile((minutes + 60) % (24 * 60), cfg.night_trough) + 0.3
-    win = start_rate.copy()
-    win[:max(0, lo - 240)] = 0.0  # shifts starting long before the window would be useless
-    win[hi:] = 0.0
-    p = win / win.sum()
+    p = start_rate / start_rate.sum()
     s_min = rng.choice(24 * 60, size=nd, p=p) + rng.uniform(0, 1, nd)
     length_h = rng.uniform(*cfg.shift_hours, nd)
     s_start = cfg.day_start + np.floor(s_min * 60).astype(np.int64)

@@ -78,20 +78,52 @@ def assignment_from_match(graph: Graph, row_to_col) -> Assignment:
                       weight=jnp.where(ok, graph.weight[rows, c], 0.0))
 
 
-def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig):
-    """Weights, graph and matching of one platform -> (Assignment, Graph, total, exact, dropped).
+def compact_rows(cands: Candidates, weight, max_rows: int):
+    """Keep the first ``max_rows`` pending slots that have any candidate edge.
 
-    ``exact`` is the Hungarian optimum of the same graph when ``cfg.measure_gap`` (for the
-    auction's optimality gap), else equal to ``total``.
+    Most pending orders (waiting out their patience) have no idle driver nearby; dropping their
+    empty rows keeps the matrix small (the matchers are O(n^2 m) or worse). Returns
+    (row_slot i32[R] (-1 unused), compacted candidates, weights, count of rows left out).
+    """
+    P = cands.driver.shape[0]
+    has = jnp.any(cands.mask, axis=1)
+    rank = jnp.cumsum(has.astype(jnp.int32)) - 1
+    keep = has & (rank < max_rows)
+    row_slot = jnp.full((max_rows,), -1, jnp.int32).at[jnp.where(keep, rank, max_rows)].set(
+        jnp.arange(P, dtype=jnp.int32), mode="drop")
+    src = jnp.maximum(row_slot, 0)
+    ok = (row_slot >= 0)[:, None]
+    sub = Candidates(driver=jnp.where(ok, cands.driver[src], -1),
+                     dist=jnp.where(ok, cands.dist[src], 0.0), mask=ok & cands.mask[src])
+    return row_slot, sub, jnp.where(ok, weight[src], 0.0), jnp.sum(has & ~keep)
+
+
+def expand_rows(assignment: Assignment, row_slot, num_slots: int) -> Assignment:
+    """Compacted-row assignment -> per pending slot (unlisted slots get no driver)."""
+    tgt = jnp.where(row_slot >= 0, row_slot, num_slots)
+    put = lambda fill, x: jnp.full((num_slots,), fill, x.dtype).at[tgt].set(x, mode="drop")
+    return Assignment(driver=put(-1, assignment.driver), dist=put(0.0, assignment.dist),
+                      weight=put(0.0, assignment.weight))
+
+
+def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig):
+    """Weights, graph and matching of one platform.
+
+    Returns (Assignment per pending slot, Graph [R, M], total, exact, dropped) where ``exact``
+    is the Hungarian optimum of the same graph when ``cfg.measure_gap`` (for the auction's
+    optimality gap), else equal to ``total``; ``dropped`` counts rows/columns left out.
     """
     weight = candidate_weights(state, cands, now, cfg)
-    graph, dropped = build_graph(cands, weight, state.drivers.status.shape[0], cfg)
+    P = cands.driver.shape[0]
+    row_slot, sub, sub_w, rows_dropped = compact_rows(cands, weight, min(cfg.max_rows, P))
+    graph, cols_dropped = build_graph(sub, sub_w, state.drivers.status.shape[0], cfg)
     result = run_matcher(graph.weight, graph.mask, cfg.matcher)
-    assignment = assignment_from_match(graph, result.row_to_col)
-    total = jnp.sum(assignment.weight)
+    compact = assignment_from_match(graph, result.row_to_col)
+    total = jnp.sum(compact.weight)
     if cfg.measure_gap:
         exact_res = run_matcher(graph.weight, graph.mask, "hungarian")
         exact = jnp.sum(assignment_from_match(graph, exact_res.row_to_col).weight)
     else:
         exact = total
-    return assignment, graph, total, exact, dropped
+    return (expand_rows(compact, row_slot, P), graph, total, exact,
+            (rows_dropped, cols_dropped))

@@ -25,8 +25,9 @@ def summarize(totals: Totals) -> dict:
         "mean_pickup_m": div(t["pickup_m"], t["completed"]),
         "driver_idle_share": div(t["idle_s"], t["online_s"]),
         "driver_busy_share": div(t["busy_s"], t["online_s"]),
-        "overflow": {k: t[k] for k in ("pending_overflow", "bucket_overflow", "column_overflow",
-                                       "calendar_overflow")},
+        "overflow": {k: t[k] for k in ("pending_overflow", "bucket_overflow", "row_overflow",
+                                       "column_overflow", "calendar_overflow",
+                                       "calendar_clamped")},
     }
 
 

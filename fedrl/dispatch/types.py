@@ -33,7 +33,7 @@ class SimConfig:
     batch_s: float = 2.0
     radius_m: float = 2_000.0
     k_nearest: int = 11
-    topk_method: Literal["argmin", "top_k", "sort"] = "argmin"
+    topk_method: Literal["argmin", "top_k", "sort"] = "top_k"
     pickup_speed_ms: float = 3.0
     pickup_road_factor: float = 1.0   # straight-line pick-up distance, as in the KDD Cup code
     # cancellation: cancel(d) = cancel_p0 * exp(ln(cancel_p_ref / cancel_p0) / cancel_ref_m * d)
@@ -45,7 +45,8 @@ class SimConfig:
     patience_mean_s: float = 300.0
     # fixed capacities (per platform)
     max_pending: int = 48
-    max_columns: int = 96            # distinct candidate drivers per batch (matrix columns)
+    max_rows: int = 32               # pending orders with candidates per batch (matrix rows)
+    max_columns: int = 64            # distinct candidate drivers per batch (matrix columns)
     bucket_cell_m: float = 2_000.0   # spatial index cell; >= radius so 3x3 cells suffice
     bucket_slots: int = 96           # idle drivers listed per bucket cell
     calendar_batches: int = 6_000    # ring length in batches (> longest pick-up + trip)
@@ -66,7 +67,7 @@ class SimConfig:
                      "pickup_road_factor", "cancel_ref_m", "patience_mean_s", "bucket_cell_m",
                      "slot_s", "value_cell_m"):
             require_positive(f"sim.{name}", getattr(self, name))
-        for name in ("k_nearest", "max_pending", "max_columns", "bucket_slots",
+        for name in ("k_nearest", "max_pending", "max_rows", "max_columns", "bucket_slots",
                      "calendar_batches", "calendar_slots"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1,
@@ -174,7 +175,9 @@ class Totals:
     busy_s: jnp.ndarray
     online_s: jnp.ndarray
     bucket_overflow: jnp.ndarray
+    row_overflow: jnp.ndarray
     column_overflow: jnp.ndarray
+    calendar_clamped: jnp.ndarray
     calendar_overflow: jnp.ndarray
 
     @classmethod
