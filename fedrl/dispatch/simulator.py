@@ -52,6 +52,8 @@ def init_state(day: DayData, cfg: SimConfig, value=None) -> SimState:
     return SimState(
         batch=jnp.zeros((), jnp.int32), drivers=drivers, pending=pending,
         bucket=jnp.full((nb, cfg.bucket_slots), -1, jnp.int32),
+        bucket_x=jnp.zeros((nb, cfg.bucket_slots), jnp.float32),
+        bucket_y=jnp.zeros((nb, cfg.bucket_slots), jnp.float32),
         calendar=jnp.full((cfg.calendar_batches, cfg.calendar_slots), -1, jnp.int32),
         cal_count=jnp.zeros((cfg.calendar_batches,), jnp.int32),
         value=init_value(cfg) if value is None else jnp.asarray(value, jnp.float32),
@@ -88,7 +90,10 @@ def bucket_insert(state: SimState, ids, valid, cfg: SimConfig) -> SimState:
     slot = jnp.argmax(free & (cum == (rank + 1)[:, None]), axis=1).astype(jnp.int32)
     ok = valid & (cum[:, -1] > rank)
     nb = state.bucket.shape[0]
-    bucket = state.bucket.at[jnp.where(ok, cell, nb), slot].set(ids, mode="drop")
+    tcell = jnp.where(ok, cell, nb)
+    bucket = state.bucket.at[tcell, slot].set(ids, mode="drop")
+    bucket_x = state.bucket_x.at[tcell, slot].set(d.x[safe], mode="drop")
+    bucket_y = state.bucket_y.at[tcell, slot].set(d.y[safe], mode="drop")
     D = d.status.shape[0]
     tgt = jnp.where(valid, ids, D)
     drivers = d.replace(bucket_cell=d.bucket_cell.at[tgt].set(jnp.where(ok, cell, -1),
@@ -97,7 +102,8 @@ def bucket_insert(state: SimState, ids, valid, cfg: SimConfig) -> SimState:
                                                               mode="drop"))
     totals = state.totals.replace(
         bucket_overflow=state.totals.bucket_overflow + jnp.sum(valid & ~ok))
-    return state.replace(bucket=bucket, drivers=drivers, totals=totals)
+    return state.replace(bucket=bucket, bucket_x=bucket_x, bucket_y=bucket_y, drivers=drivers,
+                         totals=totals)
 
 
 def bucket_remove(state: SimState, ids, valid) -> SimState:
@@ -204,11 +210,13 @@ def candidate_edges(state: SimState, cfg: SimConfig) -> Candidates:
     inside = (cc >= 0) & (cc < cfg.bucket_cols) & (rr >= 0) & (rr < cfg.bucket_rows)
     cell = jnp.clip(rr, 0, cfg.bucket_rows - 1) * cfg.bucket_cols + jnp.clip(
         cc, 0, cfg.bucket_cols - 1)                                  # [P, 3, 3]
-    ids = state.bucket[cell.reshape(p.valid.shape[0], 9)]           # [P, 9, S]
-    ids = jnp.where(inside.reshape(-1, 9)[:, :, None], ids, -1).reshape(p.valid.shape[0], -1)
-    safe = jnp.maximum(ids, 0)
-    dist = jnp.hypot(state.drivers.x[safe] - p.ox[:, None],
-                     state.drivers.y[safe] - p.oy[:, None]) * cfg.pickup_road_factor
+    P = p.valid.shape[0]
+    cell = cell.reshape(P, 9)
+    ids = state.bucket[cell]                                         # [P, 9, S] row gathers
+    ids = jnp.where(inside.reshape(P, 9)[:, :, None], ids, -1).reshape(P, -1)
+    bx = state.bucket_x[cell].reshape(P, -1)
+    by = state.bucket_y[cell].reshape(P, -1)
+    dist = jnp.hypot(bx - p.ox[:, None], by - p.oy[:, None]) * cfg.pickup_road_factor
     ok = (ids >= 0) & p.valid[:, None] & (dist <= cfg.radius_m)
     dist = jnp.where(ok, dist, jnp.inf)
     idx, vals = _k_smallest(dist, cfg.k_nearest, cfg.topk_method)

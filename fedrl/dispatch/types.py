@@ -191,6 +191,8 @@ class SimState:
     drivers: Drivers
     pending: Pending
     bucket: jnp.ndarray     # i32[bucket cells, S] idle driver ids (-1 empty)
+    bucket_x: jnp.ndarray   # f32[bucket cells, S] their positions, stored alongside so the
+    bucket_y: jnp.ndarray   # candidate search gathers whole rows, not single drivers
     calendar: jnp.ndarray   # i32[H, Sc] drivers whose trip ends in that batch (ring)
     cal_count: jnp.ndarray  # i32[H]
     value: jnp.ndarray      # f32[T, G] state values V(time slot, hexagon)

@@ -33,6 +33,7 @@ def _check_invariants(state, batch_index):
     for cell, slot in zip(*np.nonzero(bucket >= 0)):
         drv = bucket[cell, slot]
         assert d.bucket_cell[drv] == cell and d.bucket_slot[drv] == slot
+        assert state.bucket_x[cell, slot] == d.x[drv] and state.bucket_y[cell, slot] == d.y[drv]
     # a busy driver has exactly one pending trip end; idle/offline drivers none (no double
     # booking: a driver cannot be dispatched again before its trip ends)
     cal = np.asarray(state.calendar)
