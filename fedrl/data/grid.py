@@ -65,20 +65,22 @@ class Grid:
     def num_cells(self) -> int:
         return self.cols * self.rows
 
-    def cell_of_xy(self, x, y):
-        """Cell index of points (x, y) in metres; points outside are clamped to the border."""
+    def cell_of_xy(self, x, y, xp=jnp):
+        """Cell index of points (x, y) in metres; points outside are clamped to the border.
+
+        ``xp`` is ``jax.numpy`` (traceable, default) or ``numpy`` (host code, same result)."""
         if self.kind == "square":
-            col = jnp.clip(jnp.floor(x / self.size_m).astype(jnp.int32), 0, self.cols - 1)
-            row = jnp.clip(jnp.floor(y / self.size_m).astype(jnp.int32), 0, self.rows - 1)
+            col = xp.clip(xp.floor(x / self.size_m).astype(xp.int32), 0, self.cols - 1)
+            row = xp.clip(xp.floor(y / self.size_m).astype(xp.int32), 0, self.rows - 1)
             return row * self.cols + col
-        return _hex_cell(x, y, self.size_m, self.cols, self.rows)
+        return _hex_cell(x, y, self.size_m, self.cols, self.rows, xp)
 
     def cell_of_xy_np(self, x, y) -> np.ndarray:
-        return np.asarray(self.cell_of_xy(jnp.asarray(x, jnp.float32),
-                                          jnp.asarray(y, jnp.float32)))
+        return np.asarray(self.cell_of_xy(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                                          xp=np))
 
 
-def _hex_cell(x, y, radius, cols, rows):
+def _hex_cell(x, y, radius, cols, rows, xp=jnp):
     """Pointy-top hexagon containing (x, y): axial coordinates by cube rounding.
 
     The lattice is shifted by (sqrt(3)/2 R, R) so that every point of the box has col, row >= 0.
@@ -89,17 +91,17 @@ def _hex_cell(x, y, radius, cols, rows):
     r = (2.0 / 3.0 * ys) / radius
     cx, cz = q, r
     cy = -cx - cz
-    rx, ry, rz = jnp.round(cx), jnp.round(cy), jnp.round(cz)
-    dx, dy, dz = jnp.abs(rx - cx), jnp.abs(ry - cy), jnp.abs(rz - cz)
+    rx, ry, rz = xp.round(cx), xp.round(cy), xp.round(cz)
+    dx, dy, dz = xp.abs(rx - cx), xp.abs(ry - cy), xp.abs(rz - cz)
     fix_x = (dx > dy) & (dx > dz)
     fix_z = ~fix_x & ~(dy > dz)
-    rx = jnp.where(fix_x, -ry - rz, rx)
-    rz = jnp.where(fix_z, -rx - ry, rz)
-    qi = rx.astype(jnp.int32)
-    ri = rz.astype(jnp.int32)
+    rx = xp.where(fix_x, -ry - rz, rx)
+    rz = xp.where(fix_z, -rx - ry, rz)
+    qi = xp.asarray(rx).astype(xp.int32)
+    ri = xp.asarray(rz).astype(xp.int32)
     col = qi + (ri - (ri & 1)) // 2
-    row = jnp.clip(ri, 0, rows - 1)
-    col = jnp.clip(col, 0, cols - 1)
+    row = xp.clip(ri, 0, rows - 1)
+    col = xp.clip(col, 0, cols - 1)
     return row * cols + col
 
 

@@ -15,10 +15,10 @@ from fedrl.dispatch.types import Assignment, Candidates, Graph, SimConfig, SimSt
 from fedrl.dispatch.weights import edge_weights
 
 
-def run_matcher(weight, mask, method: str):
+def run_matcher(weight, mask, method: str, allow_nonpositive: bool = False):
     """``fedrl.matching.match`` (imported lazily so data-only users need not import it)."""
     from fedrl.matching import match
-    return match(weight, mask, method=method)
+    return match(weight, mask, method=method, allow_nonpositive=allow_nonpositive)
 
 
 def candidate_weights(state: SimState, cands: Candidates, now, cfg: SimConfig,
@@ -65,14 +65,16 @@ def build_graph(cands: Candidates, weight, num_drivers: int, cfg: SimConfig):
     return Graph(W, mask, dist, col_driver), dropped
 
 
-def assignment_from_match(graph: Graph, row_to_col) -> Assignment:
+def assignment_from_match(graph: Graph, row_to_col, nonpositive: bool = False) -> Assignment:
     """Matcher output (row -> column) -> per-pending-slot driver, distance, weight."""
     P = graph.weight.shape[0]
     col = jnp.asarray(row_to_col, jnp.int32)
     ok = col >= 0
     c = jnp.maximum(col, 0)
     rows = jnp.arange(P)
-    ok = ok & graph.mask[rows, c] & (graph.weight[rows, c] > 0)
+    ok = ok & graph.mask[rows, c]
+    if not nonpositive:
+        ok = ok & (graph.weight[rows, c] > 0)
     return Assignment(driver=jnp.where(ok, graph.col_driver[c], -1),
                       dist=jnp.where(ok, graph.dist[rows, c], 0.0),
                       weight=jnp.where(ok, graph.weight[rows, c], 0.0))
@@ -106,6 +108,32 @@ def expand_rows(assignment: Assignment, row_slot, num_slots: int) -> Assignment:
                       weight=put(0.0, assignment.weight))
 
 
+def solve_graph(graph: Graph, cfg: SimConfig, method: str):
+    """Row -> column matching of ``graph`` on the smallest size class that holds it.
+
+    Rows and columns of the graph are compacted to the front (``compact_rows`` and first-
+    appearance column order), so the top-left ``r x c`` block holds every edge when the batch
+    has at most r rows and c columns; ``lax.switch`` then runs only that block's matcher.
+    """
+    R, M = graph.weight.shape
+    n_rows = jnp.sum(jnp.any(graph.mask, axis=1))
+    n_cols = jnp.sum(graph.col_driver >= 0)
+    sizes = cfg.matrix_sizes
+    nonpos = cfg.match_nonpositive
+
+    def branch(r, c):
+        def solve(w, mask):
+            res = run_matcher(w[:r, :c], mask[:r, :c], method, nonpos)
+            return jnp.full((R,), -1, jnp.int32).at[:r].set(res.row_to_col.astype(jnp.int32))
+        return solve
+
+    if len(sizes) == 1:
+        return branch(*sizes[0])(graph.weight, graph.mask)
+    fits = jnp.array([(n_rows <= r) & (n_cols <= c) for r, c in sizes])
+    index = jnp.argmax(fits)  # first class that fits; the last always fits
+    return jax.lax.switch(index, [branch(r, c) for r, c in sizes], graph.weight, graph.mask)
+
+
 def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig):
     """Weights, graph and matching of one platform.
 
@@ -117,12 +145,12 @@ def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig):
     P = cands.driver.shape[0]
     row_slot, sub, sub_w, rows_dropped = compact_rows(cands, weight, min(cfg.max_rows, P))
     graph, cols_dropped = build_graph(sub, sub_w, state.drivers.status.shape[0], cfg)
-    result = run_matcher(graph.weight, graph.mask, cfg.matcher)
-    compact = assignment_from_match(graph, result.row_to_col)
+    nonpos = cfg.match_nonpositive
+    compact = assignment_from_match(graph, solve_graph(graph, cfg, cfg.matcher), nonpos)
     total = jnp.sum(compact.weight)
     if cfg.measure_gap:
-        exact_res = run_matcher(graph.weight, graph.mask, "hungarian")
-        exact = jnp.sum(assignment_from_match(graph, exact_res.row_to_col).weight)
+        exact_rows = solve_graph(graph, cfg, "hungarian")
+        exact = jnp.sum(assignment_from_match(graph, exact_rows, nonpos).weight)
     else:
         exact = total
     return (expand_rows(compact, row_slot, P), graph, total, exact,

@@ -348,7 +348,9 @@ def step(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
     idle = jnp.sum(state.drivers.status == IDLE)
     state = account(state, cfg)
     log = BatchLog(pending=n_pending, idle=idle, matched=jnp.sum(assignment.driver >= 0),
-                   revenue=state.totals.revenue - revenue_before, total=total, exact=exact)
+                   revenue=state.totals.revenue - revenue_before, total=total, exact=exact,
+                   rows=jnp.sum(jnp.any(graph.mask, axis=1)),
+                   cols=jnp.sum(graph.col_driver >= 0))
     return state, log
 
 
@@ -365,10 +367,23 @@ def run_day(day: DayData, key, cfg: SimConfig, value=None):
     return simulate_day(init_state(day, cfg, value), day, key, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def run_platforms(days: DayData, keys, cfg: SimConfig, values=None):
-    """K platforms in one program: ``vmap`` over a leading platform axis of days/keys/values."""
+@functools.partial(jax.jit, static_argnames=("cfg", "mode"))
+def run_platforms(days: DayData, keys, cfg: SimConfig, values=None, mode: str = "vmap"):
+    """K platforms in one program over a leading platform axis of days/keys/values.
+
+    ``mode="vmap"`` batches the platforms (``jax.vmap``); ``mode="map"`` runs them one after
+    another with ``lax.map`` (same results; on CPU it avoids paying for the slowest platform's
+    matcher iterations in every platform, see docs/dispatch.md).
+    """
     if values is None:
-        return jax.vmap(lambda d, k: simulate_day(init_state(d, cfg), d, k, cfg))(days, keys)
-    return jax.vmap(lambda d, k, v: simulate_day(init_state(d, cfg, v), d, k, cfg))(
-        days, keys, values)
+        values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)
+
+    def one(args):
+        d, k, v = args
+        return simulate_day(init_state(d, cfg, v), d, k, cfg)
+
+    if mode == "vmap":
+        return jax.vmap(lambda d, k, v: one((d, k, v)))(days, keys, values)
+    if mode == "map":
+        return jax.lax.map(one, (days, keys, values))
+    raise ValueError(f"mode must be vmap or map, got {mode!r}")

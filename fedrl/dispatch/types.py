@@ -41,12 +41,15 @@ class SimConfig:
     cancel_p_ref: float = 0.2
     cancel_ref_m: float = 2_000.0
     # unmatched orders: "one_batch" (KDD Cup) or "exponential" patience with this mean
-    patience: Literal["one_batch", "exponential"] = "exponential"
+    patience: Literal["one_batch", "exponential"] = "one_batch"
     patience_mean_s: float = 300.0
     # fixed capacities (per platform)
-    max_pending: int = 48
+    max_pending: int = 32
     max_rows: int = 32               # pending orders with candidates per batch (matrix rows)
-    max_columns: int = 64            # distinct candidate drivers per batch (matrix columns)
+    max_columns: int = 96            # distinct candidate drivers per batch (matrix columns)
+    # Smaller (rows, columns) shapes tried first: the matcher runs on the smallest one that
+    # holds the batch (lax.switch), since matcher cost grows steeply with the padded size.
+    size_classes: tuple = ((8, 24), (16, 48))
     bucket_cell_m: float = 2_000.0   # spatial index cell; >= radius so 3x3 cells suffice
     bucket_slots: int = 96           # idle drivers listed per bucket cell
     calendar_batches: int = 6_000    # ring length in batches (> longest pick-up + trip)
@@ -61,6 +64,10 @@ class SimConfig:
     dispatcher: Literal["nearest", "myopic", "ltd"] = "ltd"
     matcher: Literal["auction", "hungarian", "greedy"] = "auction"
     measure_gap: bool = False        # also solve each batch exactly (hungarian) for the gap
+    # Take edges of weight <= 0 too (assignment semantics: most pairs first, then the largest
+    # total weight). Off: an order whose advantage is negative is left for a better driver or
+    # a later batch, as in a max-weight matching [reconstructed; see docs/dispatch.md].
+    match_nonpositive: bool = False
 
     def validate(self) -> None:
         for name in ("width_m", "height_m", "batch_s", "radius_m", "pickup_speed_ms",
@@ -89,6 +96,9 @@ class SimConfig:
                 f"sim.dispatcher must be nearest, myopic or ltd, got {self.dispatcher!r}")
         require(self.matcher in ("auction", "hungarian", "greedy"),
                 f"sim.matcher must be auction, hungarian or greedy, got {self.matcher!r}")
+        require(all(len(c) == 2 and int(c[0]) >= 1 and int(c[1]) >= 1
+                    for c in self.size_classes),
+                f"sim.size_classes must be (rows, columns) pairs >= 1, got {self.size_classes}")
         require(self.k_nearest <= 9 * self.bucket_slots,
                 f"sim.k_nearest ({self.k_nearest}) exceeds the candidates a 3x3 bucket block holds")
 
@@ -100,6 +110,13 @@ class SimConfig:
     @property
     def bucket_rows(self) -> int:
         return max(1, math.ceil(self.height_m / self.bucket_cell_m))
+
+    @property
+    def matrix_sizes(self) -> tuple:
+        """Increasing (rows, columns) classes ending with (max_rows, max_columns)."""
+        top = (min(self.max_rows, self.max_pending), self.max_columns)
+        small = sorted({(min(int(r), top[0]), min(int(c), top[1])) for r, c in self.size_classes})
+        return tuple(s for s in small if s != top) + (top,)
 
     @property
     def num_slots(self) -> int:
@@ -233,3 +250,5 @@ class BatchLog:
     revenue: jnp.ndarray
     total: jnp.ndarray      # matcher objective
     exact: jnp.ndarray      # exact objective (measure_gap) else = total
+    rows: jnp.ndarray       # orders with candidate edges (matrix rows used)
+    cols: jnp.ndarray       # distinct candidate drivers (matrix columns used)

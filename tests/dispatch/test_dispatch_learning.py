@@ -10,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 
 from dispatch_setup import NUM_BATCHES, SMALL
 from fedrl.dispatch import simulator as sim
-from fedrl.dispatch.dispatchers import build_graph, candidate_weights, compact_rows
+from fedrl.dispatch.dispatchers import build_graph, candidate_weights, compact_rows, solve_graph
 from fedrl.dispatch.types import IDLE, Arrivals
 from fedrl.dispatch.value import (offline_policy_evaluation, td0_update, trip_transitions,
                                   value_grid)
@@ -140,6 +140,12 @@ def test_graph_is_a_faithful_dense_copy_and_hungarian_is_optimal(mid_state):
     cost = np.where(mask, W, 0.0)
     r, c = linear_sum_assignment(cost, maximize=True)
     assert float(res.total) == pytest.approx(cost[r, c].sum(), rel=1e-5)
+    # the size-class switch solves the same problem on a top-left block
+    for sizes in (((4, 12),), ((2, 4), (4, 8))):
+        cfg = dataclasses.replace(SMALL, size_classes=sizes)
+        rows = np.asarray(jax.jit(lambda g: solve_graph(g, cfg, "hungarian"))(graph))
+        got = sum(W[i, j] for i, j in enumerate(rows) if j >= 0 and mask[i, j] and W[i, j] > 0)
+        assert got == pytest.approx(cost[r, c].sum(), rel=1e-5)
 
 
 def test_td0_update_matches_numpy():
