@@ -15,6 +15,11 @@ from fedrl.dispatch.types import Assignment, Candidates, Graph, SimConfig, SimSt
 from fedrl.dispatch.weights import edge_weights
 
 
+def prefix_count(mask):
+    """Inclusive running count of True (see fedrl.dispatch.simulator.prefix_count)."""
+    return jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32))
+
+
 def run_matcher(weight, mask, method: str, allow_nonpositive: bool = False):
     """``fedrl.matching.match`` (imported lazily so data-only users need not import it)."""
     from fedrl.matching import match
@@ -48,7 +53,7 @@ def build_graph(cands: Candidates, weight, num_drivers: int, cfg: SimConfig):
         jnp.where(flat_ok, flat_ids, num_drivers)].min(pos, mode="drop")
     rep = jnp.where(flat_ok, first_pos[jnp.maximum(flat_ids, 0)], big)
     is_first = flat_ok & (rep == pos)
-    col_rank = jnp.cumsum(is_first.astype(jnp.int32)) - 1
+    col_rank = prefix_count(is_first) - 1
     col_of_pos = jnp.where(is_first, col_rank, -1)
     col = jnp.where(flat_ok, col_of_pos[jnp.clip(rep, 0, P * k - 1)], -1)
     keep = flat_ok & (col >= 0) & (col < M)
@@ -89,7 +94,7 @@ def compact_rows(cands: Candidates, weight, max_rows: int):
     """
     P = cands.driver.shape[0]
     has = jnp.any(cands.mask, axis=1)
-    rank = jnp.cumsum(has.astype(jnp.int32)) - 1
+    rank = prefix_count(has) - 1
     keep = has & (rank < max_rows)
     row_slot = jnp.full((max_rows,), -1, jnp.int32).at[jnp.where(keep, rank, max_rows)].set(
         jnp.arange(P, dtype=jnp.int32), mode="drop")
@@ -130,7 +135,7 @@ def solve_graph(graph: Graph, cfg: SimConfig, method: str):
     if len(sizes) == 1:
         return branch(*sizes[0])(graph.weight, graph.mask)
     fits = jnp.array([(n_rows <= r) & (n_cols <= c) for r, c in sizes])
-    index = jnp.argmax(fits)  # first class that fits; the last always fits
+    index = jnp.sum(jnp.cumsum(fits) == 0)  # first class that fits; the last always fits
     return jax.lax.switch(index, [branch(r, c) for r, c in sizes], graph.weight, graph.mask)
 
 

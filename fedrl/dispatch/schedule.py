@@ -29,6 +29,7 @@ class DayData:
     driver_y: jnp.ndarray
     shift_end: jnp.ndarray     # f32[D] seconds since day start
     exists: jnp.ndarray        # bool[D]
+    online0: jnp.ndarray       # bool[D] on shift when the window starts (idle at init)
     t_start: jnp.ndarray       # f32[] seconds since day start of the first batch
 
 
@@ -106,17 +107,21 @@ def build_day(orders: Orders, drivers: DriverTable, cfg: SimConfig, *, bounds: B
     e_rel = (drivers.shift_end - day_start).astype(np.float64)
     t_end = t_start_s + num_batches * dt
     dkeep = np.flatnonzero((e_rel > t_start_s) & (s_rel < t_end))
-    on_b = np.clip(np.floor((s_rel[dkeep] - t_start_s) / dt), 0, None).astype(np.int64)
+    on_b = np.floor((s_rel[dkeep] - t_start_s) / dt).astype(np.int64)
     off_b = np.floor((e_rel[dkeep] - t_start_s) / dt).astype(np.int64)
     local = np.arange(len(dkeep))
-    online = _event_grid(on_b, local, num_batches)
+    # Drivers already on shift start idle in the initial state, not as one huge batch-0 event
+    # (the per-batch event width would otherwise be the size of that wave for every batch).
+    online0 = on_b < 0
+    online = _event_grid(on_b[~online0], local[~online0], num_batches)
     in_window = off_b < num_batches
     offline = _event_grid(off_b[in_window], local[in_window], num_batches)
     x, y = proj.to_xy(drivers.lon[dkeep], drivers.lat[dkeep])
     events = BatchEvents(arrivals=arrivals, online=online, offline=offline)
     day = DayData(events=events, driver_x=np.asarray(x, np.float32),
                   driver_y=np.asarray(y, np.float32), shift_end=e_rel[dkeep].astype(np.float32),
-                  exists=np.ones(len(dkeep), bool), t_start=np.float32(t_start_s))
+                  exists=np.ones(len(dkeep), bool), online0=online0,
+                  t_start=np.float32(t_start_s))
     info = DayInfo(num_batches, len(idx), len(dkeep), cap, dropped)
     return jax.tree.map(jnp.asarray, day), info
 
@@ -160,7 +165,7 @@ def stack_days(days: list[DayData]) -> DayData:
                          _pad_axis(d.events.offline, Soff, 1, -1))
         out.append(DayData(ev, _pad_axis(d.driver_x, D, 0, 0.0), _pad_axis(d.driver_y, D, 0, 0.0),
                            _pad_axis(d.shift_end, D, 0, 0.0), _pad_axis(d.exists, D, 0, False),
-                           np.asarray(d.t_start)))
+                           _pad_axis(d.online0, D, 0, False), np.asarray(d.t_start)))
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *out)
 
 
