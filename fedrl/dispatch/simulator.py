@@ -56,6 +56,7 @@ def init_state(day: DayData, cfg: SimConfig, value=None) -> SimState:
         bucket_y=jnp.zeros((nb, cfg.bucket_slots), jnp.float32),
         calendar=jnp.full((cfg.calendar_batches, cfg.calendar_slots), -1, jnp.int32),
         cal_count=jnp.zeros((cfg.calendar_batches,), jnp.int32),
+        cal_stamp=jnp.full((cfg.calendar_batches,), -1, jnp.int32),
         value=init_value(cfg) if value is None else jnp.asarray(value, jnp.float32),
         totals=Totals.zeros())
     # drivers on shift at the window start: idle and listed (one wide insert, outside the scan)
@@ -163,12 +164,12 @@ def advance_time(state: SimState, events: BatchEvents, now, cfg: SimConfig) -> S
     starting go idle; shifts ending take idle drivers offline (busy ones leave at trip end)."""
     H = cfg.calendar_batches
     row = state.batch % H
-    done = state.calendar[row]
+    live = state.cal_stamp[row] == state.batch
+    n_done = jnp.where(live, state.cal_count[row], 0)
+    done = jnp.where(jnp.arange(cfg.calendar_slots) < n_done, state.calendar[row], -1)
     done_ok = done >= 0
     safe = jnp.maximum(done, 0)
     back_idle = done_ok & (state.drivers.shift_end[safe] > now)
-    state = state.replace(calendar=state.calendar.at[row].set(-1),
-                          cal_count=state.cal_count.at[row].set(0))
     state = _set_status(state, done, done_ok & back_idle, IDLE)
     state = _set_status(state, done, done_ok & ~back_idle, OFFLINE)
     on = events.online
@@ -255,6 +256,13 @@ def candidate_edges(state: SimState, cfg: SimConfig) -> Candidates:
     return Candidates(driver=driver, dist=jnp.where(mask, vals, 0.0), mask=mask)
 
 
+def calendar_entries(state: SimState, cfg: SimConfig):
+    """Live trip ends: (driver ids [H, Sc], mask [H, Sc]) for batches >= the current one."""
+    slots = jnp.arange(cfg.calendar_slots)[None, :]
+    live = (state.cal_stamp >= state.batch)[:, None] & (slots < state.cal_count[:, None])
+    return state.calendar, live & (state.calendar >= 0)
+
+
 def residual_graph(state: SimState):
     """The residual bipartite graph after local matching: (pending order mask [P], listed idle
     driver mask [D]). Orders keep their fields in ``state.pending``; drivers in
@@ -294,14 +302,19 @@ def dispatch_drivers(state: SimState, driver, go, dist, duration, dest_x, dest_y
     ahead = jnp.ceil((t_end - now) / cfg.batch_s).astype(jnp.int32)
     clamped = go & (ahead > H - 1)  # trip longer than the ring: the driver returns early
     ahead = jnp.clip(ahead, 1, H - 1)
-    row = (state.batch + ahead) % H
+    target = state.batch + ahead
+    row = target % H
     rank = _rank_among_equal(row, go)
-    slot = state.cal_count[row] + rank
+    base = jnp.where(state.cal_stamp[row] == target, state.cal_count[row], 0)  # stale row: 0
+    slot = base + rank
     ok = go & (slot < Sc)
     calendar = state.calendar.at[jnp.where(ok, row, H), slot].set(driver, mode="drop")
-    cal_count = state.cal_count.at[jnp.where(go, row, H)].add(1, mode="drop")
+    row_go = jnp.where(go, row, H)
+    cal_count = state.cal_count.at[row_go].set(base, mode="drop").at[row_go].add(1, mode="drop")
+    cal_stamp = state.cal_stamp.at[row_go].set(target, mode="drop")
     t = state.totals
-    return state.replace(calendar=calendar, cal_count=cal_count, totals=t.replace(
+    return state.replace(calendar=calendar, cal_count=cal_count, cal_stamp=cal_stamp,
+                         totals=t.replace(
         calendar_overflow=t.calendar_overflow + jnp.sum(go & ~ok),
         calendar_clamped=t.calendar_clamped + jnp.sum(clamped)))
 

@@ -211,7 +211,9 @@ class SimState:
     bucket_x: jnp.ndarray   # f32[bucket cells, S] their positions, stored alongside so the
     bucket_y: jnp.ndarray   # candidate search gathers whole rows, not single drivers
     calendar: jnp.ndarray   # i32[H, Sc] drivers whose trip ends in that batch (ring)
-    cal_count: jnp.ndarray  # i32[H]
+    cal_count: jnp.ndarray  # i32[H] entries of the row ...
+    cal_stamp: jnp.ndarray  # i32[H] ... valid for this batch index only (rows are never cleared,
+                            # which would copy the whole ring every batch on XLA CPU)
     value: jnp.ndarray      # f32[T, G] state values V(time slot, hexagon)
     totals: Totals
 
