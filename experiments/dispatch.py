@@ -23,6 +23,7 @@ from fedrl.config import require
 from fedrl.data.city import CityConfig
 from fedrl.dispatch.day import prepare
 from fedrl.dispatch.metrics import optimality_gap, summarize
+from fedrl.dispatch.schedule import stack_days
 from fedrl.dispatch.simulator import run_day
 from fedrl.dispatch.types import SimConfig
 
@@ -35,6 +36,9 @@ class DispatchExperimentConfig:
     matchers: tuple = ("auction", "hungarian")
     measure_gap: bool = True
     data_dir: str | None = None
+    # drivers per day at scale 1, one table block each: the spec's 8k (supply-constrained, see
+    # docs/dispatch.md) and a supply-rich city; () = city.drivers_per_day only
+    supply_levels: tuple = (8_000.0, 20_000.0)
 
     def validate(self) -> None:
         require(len(self.dispatchers) > 0, "dispatchers must list at least one dispatcher")
@@ -45,6 +49,9 @@ class DispatchExperimentConfig:
         for m in self.matchers:
             require(m in ("auction", "hungarian", "greedy"),
                     f"matchers: unknown matcher {m!r} (auction, hungarian, greedy)")
+        for n in self.supply_levels:
+            require(isinstance(n, (int, float)) and n > 0,
+                    f"supply_levels must be positive driver counts, got {self.supply_levels}")
 
 
 PRESETS = {
@@ -52,12 +59,13 @@ PRESETS = {
         city=CityConfig(scale=0.02, hours=0.25, start_hour=8.0),
         sim=SimConfig(max_pending=16, max_rows=8, max_columns=24, bucket_slots=24,
                       calendar_batches=2_400, calendar_slots=16),
-        dispatchers=("myopic", "ltd"), matchers=("hungarian",), measure_gap=False),
+        dispatchers=("myopic", "ltd"), matchers=("hungarian",), measure_gap=False,
+        supply_levels=()),
     "quick": lambda: DispatchExperimentConfig(),
     "paper": lambda: DispatchExperimentConfig(
         city=CityConfig(scale=1.0, hours=24.0, start_hour=0.0),
         sim=SimConfig(max_pending=64, max_rows=48, max_columns=128, bucket_slots=160,
-                      calendar_slots=64)),
+                      calendar_slots=64), supply_levels=(8_000.0,)),
 }
 
 
@@ -81,14 +89,14 @@ def _plot(methods: dict, path) -> None:
     plt.close(fig)
 
 
-def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
+def _run_city(config, prepared, seed: int, ctx, suffix: str, cache: dict):
     base = config.sim
-    day, info, value0, src = prepare(config.city, base, seed, data_dir=config.data_dir)
+    city, day, info, value0, src = prepared
     key = jax.random.PRNGKey(seed)
     methods, compile_total = {}, 0.0
     combos = [(d, m) for d in config.dispatchers for m in config.matchers]
-    for dispatcher, matcher in ctx.progress(combos, desc="dispatch methods"):
-        name = f"{dispatcher}/{matcher}"
+    for dispatcher, matcher in ctx.progress(combos, desc=f"dispatch methods{suffix}"):
+        name = f"{dispatcher}/{matcher}{suffix}"
         saved = ctx.done(name)
         if saved is not None:
             methods[name] = saved
@@ -97,7 +105,9 @@ def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
                                   measure_gap=config.measure_gap and matcher != "hungarian")
         value = value0 if dispatcher == "ltd" else None
         start = time.perf_counter()
-        compiled = run_day.lower(day, key, cfg, value).compile()
+        if cfg not in cache:  # days of all supply levels share padded shapes: compile once
+            cache[cfg] = run_day.lower(day, key, cfg, value).compile()
+        compiled = cache[cfg]
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
         state, log = compiled(day, key, value)
@@ -105,35 +115,58 @@ def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
         run_s = time.perf_counter() - start
         metrics = summarize(state.totals)
         metrics.update(wall_s=run_s, compile_s=compile_s,
-                       us_per_batch=run_s / info.num_batches * 1e6)
+                       us_per_batch=run_s / info.num_batches * 1e6,
+                       drivers_per_day=city.drivers_per_day)
         if cfg.measure_gap:
             metrics["gap"] = optimality_gap(log.total, log.exact)
         compile_total += compile_s
         ctx.finish(name, metrics)
         methods[name] = metrics
+    return methods, compile_total, info, src
 
+
+def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
+    levels = config.supply_levels or (config.city.drivers_per_day,)
+    methods, compile_total, blocks, notes = {}, 0.0, [], []
     header = ["dispatcher", "matcher", "revenue", "answer", "completion", "cancel",
               "pickup m", "idle share", "gap mean", "gap max", "us/batch"]
-    rows = []
-    for name, m in methods.items():
-        d, mt = name.split("/")
-        gap = m.get("gap") or {}
-        rows.append([d, mt, m["revenue"], m["answer_rate"], m["completion_rate"],
-                     m["cancellation_rate"], m["mean_pickup_m"], m["driver_idle_share"],
-                     gap.get("mean", "-") if gap else "-", gap.get("max", "-") if gap else "-",
-                     m["us_per_batch"]])
-    table = markdown_table(header, rows, digits=4)
-    best = {d: max((methods[f"{d}/{m}"]["revenue"] for m in config.matchers)) for d in
-            config.dispatchers}
-    notes = []
-    if "ltd" in best and "myopic" in best:
-        diff = (best["ltd"] - best["myopic"]) / max(best["myopic"], 1e-9)
-        verdict = "beats" if diff > 0 else "does not beat"
-        notes.append(f"learning-to-dispatch {verdict} myopic: {100 * diff:+.2f} % revenue "
-                     "(best matcher each).")
-    table += (f"\n\n{info.num_orders} orders, {info.num_drivers} drivers, {info.num_batches} "
-              f"batches of {base.batch_s:g} s; gap = (exact - auction) / exact per batch with "
-              "a nonzero optimum.\n" + " ".join(notes))
+    prepared = []
+    for level in levels:
+        city = dataclasses.replace(config.city, drivers_per_day=float(level))
+        prepared.append((city,) + prepare(city, config.sim, seed, data_dir=config.data_dir))
+    stacked = stack_days([p[1] for p in prepared])
+    cache = {}
+    for i, level in enumerate(levels):
+        city, _, info, value0, src = prepared[i]
+        day = jax.tree.map(lambda a: a[i], stacked)
+        suffix = f"@{level:g}drivers" if len(levels) > 1 else ""
+        got, comp, info, src = _run_city(config, (city, day, info, value0, src), seed, ctx,
+                                         suffix, cache)
+        methods.update(got)
+        compile_total += comp
+        rows = []
+        for name, m in got.items():
+            d, mt = name.split("@")[0].split("/")
+            gap = m.get("gap") or {}
+            rows.append([d, mt, m["revenue"], m["answer_rate"], m["completion_rate"],
+                         m["cancellation_rate"], m["mean_pickup_m"], m["driver_idle_share"],
+                         gap.get("mean", "-") if gap else "-",
+                         gap.get("max", "-") if gap else "-", m["us_per_batch"]])
+        rev = {d: max(got[f"{d}/{m}{suffix}"]["revenue"] for m in config.matchers)
+               for d in config.dispatchers}
+        note = ""
+        if "ltd" in rev and "myopic" in rev:
+            diff = (rev["ltd"] - rev["myopic"]) / max(rev["myopic"], 1e-9)
+            verdict = "beats" if diff > 0 else "does not beat"
+            note = (f"learning-to-dispatch {verdict} myopic: {100 * diff:+.2f} % revenue "
+                    "(best matcher each).")
+            notes.append(f"{level:g} drivers/day: {note}")
+        blocks.append(f"**{level:g} drivers/day at scale 1** ({info.num_orders} orders, "
+                      f"{info.num_drivers} drivers in the window, {info.num_batches} batches "
+                      f"of {config.sim.batch_s:g} s). {note}\n\n"
+                      + markdown_table(header, rows, digits=4))
+    table = "\n\n".join(blocks) + ("\n\ngap = (exact - auction) / exact per batch with a "
+                                    "nonzero optimum (auction rows).")
     _plot(methods, ctx.out_dir / "dispatch_revenue.png")
     extra = {"day": dataclasses.asdict(info), "data_files": src["files"],
              "train_eval_same_day": bool(src["leak"]), "notes": notes}

@@ -14,10 +14,11 @@ from fedrl.dispatch.schedule import build_day, split_by_platform, stack_days
 from fedrl.dispatch.types import SimConfig
 
 # Small capacities keep compile time low; the city is scaled so they still bind sometimes.
-# Exponential patience exercises waiting orders; size_classes exercises the lax.switch.
+# Exponential patience exercises waiting orders; one matrix size keeps compile time low
+# (the size-class switch is tested on its own in test_dispatch_learning.py).
 SMALL = SimConfig(max_pending=16, max_rows=8, max_columns=24, bucket_slots=24,
                   calendar_batches=2_400, calendar_slots=16, matcher="hungarian",
-                  dispatcher="ltd", patience="exponential", size_classes=((4, 12),))
+                  dispatcher="ltd", patience="exponential", size_classes=())
 CITY = CityConfig(scale=0.02, hours=0.5, start_hour=8.0)
 NUM_BATCHES = 240
 SHARES = (0.6, 0.4)
