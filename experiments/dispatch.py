@@ -39,6 +39,7 @@ class DispatchExperimentConfig:
     # drivers per day at scale 1, one table block each: the spec's 8k (supply-constrained, see
     # docs/dispatch.md) and a supply-rich city; () = city.drivers_per_day only
     supply_levels: tuple = (8_000.0, 20_000.0)
+    pretrain: bool = True  # LTD starts from the offline evaluation of a previous day (else V=0)
 
     def validate(self) -> None:
         require(len(self.dispatchers) > 0, "dispatchers must list at least one dispatcher")
@@ -103,7 +104,7 @@ def _run_city(config, prepared, seed: int, ctx, suffix: str, cache: dict):
             continue
         cfg = dataclasses.replace(base, dispatcher=dispatcher, matcher=matcher,
                                   measure_gap=config.measure_gap and matcher != "hungarian")
-        value = value0 if dispatcher == "ltd" else None
+        value = (value0 if config.pretrain else 0.0 * value0) if dispatcher == "ltd" else None
         start = time.perf_counter()
         if cfg not in cache:  # days of all supply levels share padded shapes: compile once
             cache[cfg] = run_day.lower(day, key, cfg, value).compile()
