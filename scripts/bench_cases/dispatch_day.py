@@ -160,9 +160,12 @@ def _timed(fn, *args):
 
 def _baseline_window(day, cfg, value, seed, first, count):
     sim = NumpyDispatch(day, cfg, value, seed)
-    # the baseline starts fresh at ``first`` (drivers whose shift began earlier come online)
-    on = np.asarray(day.events.online)[:first + 1].ravel()
-    sim.status[on[on >= 0]] = 1
+    # the baseline starts fresh at ``first``: every driver on shift then is idle
+    on = np.asarray(day.events.online)[:first].ravel()
+    started = np.asarray(day.online0).copy()
+    started[on[on >= 0]] = True
+    t_first = float(day.t_start) + first * cfg.batch_s
+    sim.status[started & (sim.shift_end > t_first)] = 1
     start = time.perf_counter()
     for b in range(first, first + count):
         sim.step(b)
