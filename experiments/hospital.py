@@ -1,0 +1,401 @@
+"""Federated DQN for hospital scheduling (seed 000): FedAvg vs local-only vs centralized DQN,
+against the heuristic schedulers, on K heterogeneous hospitals.
+
+    python -m experiments.hospital --preset quick --out results/hospital --seed 0
+
+Methods (same hospitals, same DQN, same number of environment steps per hospital):
+
+* ``fedavg``: one DQN party per hospital, FedAvg of the updates each round (McMahan et al. 2017);
+  evaluated with the global model, and ``fedavg_personalized`` with each hospital's model after
+  its last local training (the seed's "fine-tune the global model locally");
+* ``local``: one DQN per hospital, nothing shared;
+* ``centralized``: one DQN acting in all hospitals and learning from the pooled experience with a
+  K-times larger batch (the privacy-free upper reference);
+* heuristics: FIFO, strict priority, c-mu, accumulating priority, classic MLFQ, random.
+
+Evaluation uses held-out seeds (keys never used in training) and one metric function
+(``fedrl.envs.hospital.evaluate``'s ``summarize``). Besides the scheduling metrics the table
+reports the seed's evaluation metrics: communication rounds to reach a target return (the
+``target_heuristic``'s), and model quality relative to centralized
+``(R - R_random) / (R_centralized - R_random)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.common import Experiment, Report, RunContext, main, markdown_table
+from fedrl.agents.dqn import DQN, DQNConfig, EnvFns, make_dqn
+from fedrl.config import require
+from fedrl.envs import hospital
+from fedrl.federated.aggregation import AggregationTransform
+from fedrl.federated.round import FederatedConfig, FederatedState, make_federated_round
+
+ENV = EnvFns(reset=hospital.reset, step=hospital.step)
+HEURISTIC_NAMES = ("random", "fifo", "strict_priority", "cmu", "accumulating_priority", "mlfq")
+DQN_METHODS = ("fedavg", "local", "centralized")
+
+# Columns of the main table: (metric key, header, format).
+COLUMNS = (("acuity_weighted_wait", "acuity-wtd wait (min)"),
+           ("door_to_provider_median", "D2P median"),
+           ("door_to_provider_p90", "D2P p90"),
+           ("within_target", "seen in target"),
+           ("lwbs_rate", "LWBS"),
+           ("utilisation", "utilisation"),
+           ("worst_class_p95_wait", "worst-class p95"),
+           ("episode_return", "return"),
+           ("surges", "surges/ep"),
+           ("transfers", "transfers/ep"))
+
+
+@dataclasses.dataclass(frozen=True)
+class HospitalExperimentConfig:
+    num_hospitals: int = 5
+    env: hospital.HospitalConfig = hospital.HospitalConfig()
+    dqn: DQNConfig = DQNConfig()
+    fed: FederatedConfig = FederatedConfig()
+    methods: tuple[str, ...] = DQN_METHODS
+    heuristics: tuple[str, ...] = HEURISTIC_NAMES
+    eval_episodes: int = 4            # held-out episodes per hospital for the final table
+    curve_episodes: int = 1           # episodes per hospital for each learning-curve point
+    eval_every: int = 5               # rounds between learning-curve points
+    checkpoint_every: int = 5         # rounds between checkpoints (for --resume)
+    target_heuristic: str = "fifo"    # "rounds to target" = first round beating this return
+
+    def validate(self) -> None:
+        require(self.num_hospitals >= 1,
+                f"num_hospitals must be >= 1 (zero parties cannot federate), got {self.num_hospitals}")
+        unknown = [m for m in self.methods if m not in DQN_METHODS]
+        require(not unknown, f"methods has unknown entries {unknown}; valid: {list(DQN_METHODS)}")
+        bad = [h for h in self.heuristics if h not in hospital.HEURISTICS]
+        require(not bad, f"heuristics has unknown entries {bad}; valid: {sorted(hospital.HEURISTICS)}")
+        require(self.target_heuristic in hospital.HEURISTICS,
+                f"target_heuristic must be one of {sorted(hospital.HEURISTICS)}")
+        for name in ("eval_episodes", "curve_episodes", "eval_every", "checkpoint_every"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1")
+
+
+def smoke() -> HospitalExperimentConfig:
+    return HospitalExperimentConfig(
+        num_hospitals=2,
+        dqn=DQNConfig(hidden_sizes=(32, 32), batch_size=32, buffer_capacity=2_000,
+                      learning_starts=64, epsilon_decay_steps=200, target_update_every=100),
+        fed=FederatedConfig(num_rounds=2, local_steps=96),
+        heuristics=("random", "fifo", "strict_priority"),
+        eval_episodes=1, eval_every=1, checkpoint_every=1)
+
+
+def quick() -> HospitalExperimentConfig:
+    return HospitalExperimentConfig(
+        num_hospitals=5,
+        dqn=DQNConfig(buffer_capacity=20_000, learning_starts=500, epsilon_decay_steps=4_000,
+                      train_every=2, target_update_every=250),
+        fed=FederatedConfig(num_rounds=24, local_steps=288),
+        eval_episodes=4, eval_every=4)
+
+
+def paper() -> HospitalExperimentConfig:
+    return HospitalExperimentConfig(
+        num_hospitals=10,
+        dqn=DQNConfig(buffer_capacity=100_000, learning_starts=2_000, epsilon_decay_steps=50_000,
+                      target_update_every=1_000),
+        fed=FederatedConfig(num_rounds=300, local_steps=288),
+        eval_episodes=20, curve_episodes=4, eval_every=10, checkpoint_every=10)
+
+
+PRESETS = {"smoke": smoke, "quick": quick, "paper": paper}
+
+
+# -- evaluation --------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _dqn_rollout(network, num_episodes: int):
+    """Jitted rollouts of greedy Q-policies, one parameter set per hospital (vmap over
+    hospitals). Cached per network architecture, so every DQN method shares one compilation."""
+    def one(q_params, env_params, key):
+        def policy(k, obs, state, params):
+            del k, state, params
+            return jnp.argmax(network.apply(q_params, obs), axis=-1).astype(jnp.int32)
+        return hospital.rollout(policy, env_params, key, num_episodes)
+    return jax.jit(jax.vmap(one))
+
+
+@functools.lru_cache(maxsize=None)
+def _heuristic_rollout(names: tuple[str, ...], num_episodes: int):
+    """Jitted rollouts of the heuristic picked by a traced index (``lax.switch``), so all
+    heuristics share one compilation."""
+    branches = [hospital.HEURISTICS[n] for n in names]
+
+    def one(index, env_params, key):
+        def policy(k, obs, state, params):
+            return jax.lax.switch(index, branches, k, obs, state, params)
+        return hospital.rollout(policy, env_params, key, num_episodes)
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+
+
+def _summaries(traces, final, env_params) -> list[dict[str, float]]:
+    num = jax.tree.leaves(env_params)[0].shape[0]
+    take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+    return [hospital.summarize(take(traces, i), take(final, i), take(env_params, i))
+            for i in range(num)]
+
+
+def _hospital_keys(key, env_params):
+    num = jax.tree.leaves(env_params)[0].shape[0]
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num))
+
+
+def evaluate_dqn(dqn: DQN, q_params, env_params, key, num_episodes: int, *,
+                 shared_model: bool) -> list[dict[str, float]]:
+    """Per-hospital metrics of greedy DQN policies (one shared model, or one per hospital)."""
+    num = jax.tree.leaves(env_params)[0].shape[0]
+    if shared_model:
+        q_params = jax.tree.map(lambda x: jnp.broadcast_to(x, (num,) + x.shape), q_params)
+    traces, final = _dqn_rollout(dqn.network, num_episodes)(
+        q_params, env_params, _hospital_keys(key, env_params))
+    return _summaries(traces, final, env_params)
+
+
+def evaluate_heuristics(names, env_params, key, num_episodes: int
+                        ) -> dict[str, list[dict[str, float]]]:
+    """Per-hospital metrics of each named heuristic (same held-out keys for all)."""
+    names = tuple(names)
+    rollout = _heuristic_rollout(names, num_episodes)
+    keys = _hospital_keys(key, env_params)
+    return {name: _summaries(*rollout(jnp.int32(i), env_params, keys), env_params)
+            for i, name in enumerate(names)}
+
+
+def mean_metrics(per_hospital: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over hospitals; a metric undefined everywhere (e.g. a class nobody was) is NaN."""
+    keys = per_hospital[0].keys()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: float(np.nanmean([m[k] for m in per_hospital])) for k in keys}
+
+
+# -- training ----------------------------------------------------------------------------------
+def method_setup(method: str, cfg: HospitalExperimentConfig, env_params):
+    """(DQN, FederatedConfig, env params [P, E, ...]) of a DQN method."""
+    k = cfg.num_hospitals
+    if method == "centralized":
+        # One agent, K environments (one per hospital), a K-times larger batch: the same number
+        # of environment steps and of sampled transitions per step as the K federated parties.
+        dqn_cfg = dataclasses.replace(cfg.dqn, batch_size=cfg.dqn.batch_size * k,
+                                      buffer_capacity=cfg.dqn.buffer_capacity * k,
+                                      learning_starts=cfg.dqn.learning_starts * k)
+        fed_cfg = dataclasses.replace(cfg.fed, aggregation="none", clients_per_round=0,
+                                      sampling="fixed", dropout_rate=0.0)
+        stacked = jax.tree.map(lambda x: x[None], env_params)
+        return make_dqn(dqn_cfg, hospital.NUM_ACTIONS), fed_cfg, stacked
+    fed_cfg = cfg.fed if method == "fedavg" else dataclasses.replace(cfg.fed, aggregation="none")
+    stacked = jax.tree.map(lambda x: x[:, None], env_params)
+    return make_dqn(cfg.dqn, hospital.NUM_ACTIONS), fed_cfg, stacked
+
+
+def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ctx: RunContext,
+                 *, aggregator: AggregationTransform | None = None, eval_key=None,
+                 label: str | None = None):
+    """Train one DQN method round by round (resumable); returns (state, dqn, curve, timings).
+
+    ``curve`` holds the mean held-out return of the evaluated model every ``eval_every`` rounds
+    (NaN elsewhere). ``aggregator`` replaces FedAvg's (e.g. a DP or secure chain).
+    """
+    label = label or method
+    dqn, fed_cfg, stacked = method_setup(method, cfg, env_params)
+    rnd = make_federated_round(dqn, ENV, stacked, fed_cfg, aggregator)
+    state: FederatedState = rnd.init(jax.random.fold_in(key, 0))
+    curve = np.full((fed_cfg.num_rounds,), np.nan)
+    start = 0
+    saved = ctx.restore_checkpoint(label, {"state": state, "curve": curve, "round": 0})
+    if saved is not None:
+        state, curve, start = saved["state"], np.asarray(saved["curve"]), int(saved["round"])
+
+    round_key = jax.random.fold_in(key, 1)
+    t0 = time.perf_counter()
+    compiled = jax.jit(rnd.step, donate_argnums=0).lower(state, round_key).compile()
+    compile_s = time.perf_counter() - t0
+    train_s = 0.0
+    eval_key = jax.random.fold_in(key, 2) if eval_key is None else eval_key
+    for r in ctx.progress(range(start, fed_cfg.num_rounds), desc=label,
+                          total=fed_cfg.num_rounds, initial=start):
+        t1 = time.perf_counter()
+        state, _ = compiled(state, round_key)
+        jax.block_until_ready(state)
+        train_s += time.perf_counter() - t1
+        last = r == fed_cfg.num_rounds - 1
+        if (r + 1) % cfg.eval_every == 0 or last:
+            params, shared = eval_params(method, state)
+            curve[r] = mean_metrics(evaluate_dqn(
+                dqn, params, env_params, eval_key, cfg.curve_episodes,
+                shared_model=shared))["episode_return"]
+        if (r + 1) % cfg.checkpoint_every == 0 and not last:
+            ctx.save_checkpoint(label, {"state": state, "curve": curve, "round": r + 1})
+    return state, dqn, curve, {"compile_s": compile_s, "train_s": train_s}
+
+
+def eval_params(method: str, state: FederatedState, personalized: bool = False):
+    """(params, shared) evaluated for a method: the global model, per-hospital models, or the
+    centralized agent's."""
+    if method == "fedavg" and not personalized:
+        return state.global_params, True
+    if method == "centralized":
+        return jax.tree.map(lambda x: x[0], state.parties.params), True
+    return state.parties.params, False
+
+
+def rounds_to_target(curve: np.ndarray, target: float) -> int | None:
+    hits = np.nonzero(np.nan_to_num(curve, nan=-np.inf) >= target)[0]
+    return int(hits[0]) + 1 if hits.size else None
+
+
+# -- the experiment ----------------------------------------------------------------------------
+def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
+    master = jax.random.key(seed)
+    hospital_key = jax.random.fold_in(master, 0)
+    env_params = hospital.make_hospitals(cfg.env, cfg.num_hospitals, hospital_key)
+    visits = [float(c.annual_visits) for c in
+              hospital.hospital_configs(cfg.env, cfg.num_hospitals, hospital_key)]
+    eval_key = jax.random.fold_in(master, 1_000_003)  # held out: never used in training
+    methods: dict[str, dict[str, Any]] = {}
+    per_hospital: dict[str, list[dict[str, float]]] = {}
+    compile_s = 0.0
+
+    per_hospital.update(evaluate_heuristics(cfg.heuristics, env_params, eval_key,
+                                            cfg.eval_episodes))
+    for name in cfg.heuristics:
+        methods[name] = {"kind": "heuristic", **mean_metrics(per_hospital[name])}
+
+    curves = {}
+    for i, method in enumerate(cfg.methods):
+        saved = ctx.done(method)
+        if saved is not None:
+            methods.update(saved["methods"])
+            per_hospital.update(saved["per_hospital"])
+            curves[method] = np.asarray(saved["curve"], dtype=float)
+            continue
+        state, dqn, curve, timing = train_method(method, cfg, env_params,
+                                                 jax.random.fold_in(master, 10 + i), ctx,
+                                                 eval_key=eval_key)
+        compile_s += timing["compile_s"]
+        variants = [(method, False)] + ([(f"{method}_personalized", True)]
+                                        if method == "fedavg" else [])
+        result = {"methods": {}, "per_hospital": {}, "curve": curve.tolist()}
+        for label, personalized in variants:
+            params, shared = eval_params(method, state, personalized)
+            hosp = evaluate_dqn(dqn, params, env_params, eval_key, cfg.eval_episodes,
+                                shared_model=shared)
+            result["per_hospital"][label] = hosp
+            result["methods"][label] = {"kind": "dqn", **mean_metrics(hosp),
+                                        "train_time_s": timing["train_s"],
+                                        "compile_time_s": timing["compile_s"]}
+        ctx.finish(method, result)
+        methods.update(result["methods"])
+        per_hospital.update(result["per_hospital"])
+        curves[method] = curve
+
+    _add_relative_metrics(cfg, methods, curves)
+    table = _tables(cfg, methods, per_hospital, visits)
+    _plots(ctx.out_dir, cfg, methods, curves)
+    return Report(methods=methods, table=table, compile_time_s=compile_s,
+                  extra={"per_hospital": per_hospital,
+                         "curves": {k: v.tolist() for k, v in curves.items()},
+                         "hospital_annual_visits": visits})
+
+
+def _add_relative_metrics(cfg, methods, curves):
+    random_r = methods.get("random", {}).get("episode_return")
+    central_r = methods.get("centralized", {}).get("episode_return")
+    target = methods.get(cfg.target_heuristic, {}).get("episode_return")
+    for name, m in methods.items():
+        if m.get("kind") != "dqn":
+            continue
+        if random_r is not None and central_r is not None and central_r != random_r:
+            m["quality_vs_centralized"] = (m["episode_return"] - random_r) / (central_r - random_r)
+        base = name.replace("_personalized", "")
+        if target is not None and base in curves:
+            m["rounds_to_target"] = rounds_to_target(curves[base], target)
+
+
+def _fmt(x):
+    if x is None:
+        return "n/a"
+    return x
+
+
+def _tables(cfg, methods, per_hospital, visits) -> str:
+    header = ["method"] + [h for _, h in COLUMNS] + ["rounds to target", "quality vs central"]
+    rows = []
+    for name, m in methods.items():
+        rows.append([name] + [m.get(k, float("nan")) for k, _ in COLUMNS]
+                    + [_fmt(m.get("rounds_to_target", "-") if m.get("kind") == "dqn" else "-"),
+                       _fmt(m.get("quality_vs_centralized", "-")
+                            if m.get("kind") == "dqn" else "-")])
+    text = [f"### Hospital scheduling: {cfg.num_hospitals} heterogeneous hospitals, "
+            f"{cfg.fed.num_rounds} rounds x {cfg.fed.local_steps} local steps, "
+            f"{cfg.eval_episodes} held-out episodes per hospital (means over hospitals)\n",
+            markdown_table(header, rows, digits=3),
+            f"\nRounds to target: first evaluated round whose held-out return beats "
+            f"`{cfg.target_heuristic}`. Quality vs central: (R - R_random)/(R_central - R_random). "
+            "Surges/transfers: actions 3 and 4 per episode (the heuristics only ever serve a "
+            "queue; random picks them uniformly).\n"]
+    if "local" in per_hospital and "fedavg" in per_hospital:
+        hrows = []
+        for h in range(cfg.num_hospitals):
+            row = [h, f"{visits[h]:.0f}"]
+            for label in ("local", "fedavg", "fedavg_personalized", "strict_priority"):
+                if label in per_hospital:
+                    row.append(per_hospital[label][h]["acuity_weighted_wait"])
+            hrows.append(row)
+        labels = [x for x in ("local", "fedavg", "fedavg_personalized", "strict_priority")
+                  if x in per_hospital]
+        text += ["\n### Acuity-weighted wait (min) per hospital: does FedAvg help small "
+                 "hospitals?\n", markdown_table(["hospital", "visits/yr"] + labels, hrows)]
+    return "\n".join(text)
+
+
+def _plots(out_dir, cfg, methods, curves):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        rounds = np.nonzero(~np.isnan(curve))[0]
+        ax.plot(rounds + 1, curve[rounds], marker="o", label=name)
+    for name in ("fifo", "strict_priority", "mlfq", "random"):
+        if name in methods:
+            ax.axhline(methods[name]["episode_return"], ls="--", lw=1, label=name,
+                       color={"fifo": "gray", "strict_priority": "black", "mlfq": "brown",
+                              "random": "red"}[name])
+    ax.set_xlabel("communication round")
+    ax.set_ylabel("held-out episode return")
+    ax.set_title("Federated DQN: learning curves")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "learning_curves.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(methods)
+    ax.bar(range(len(names)), [methods[n]["acuity_weighted_wait"] for n in names],
+           color=["tab:blue" if methods[n].get("kind") == "dqn" else "tab:gray" for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("acuity-weighted wait (min)")
+    ax.set_title("Scheduling quality (lower is better)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "wait_by_method.png", dpi=120)
+    plt.close(fig)
+
+
+EXPERIMENT = Experiment(name="hospital", presets=PRESETS, run=run,
+                        description="Federated DQN for hospital scheduling (seed 000).")
+
+if __name__ == "__main__":
+    raise SystemExit(main(EXPERIMENT))

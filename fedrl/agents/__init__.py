@@ -1,0 +1,1 @@
+"""Reinforcement-learning agents (pure functions over pytrees)."""

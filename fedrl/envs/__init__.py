@@ -1,0 +1,1 @@
+"""Simulated environments (functional, Gymnax-style pytrees): the hospital ED scheduler."""

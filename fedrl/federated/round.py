@@ -1,0 +1,210 @@
+"""One federated round of DQN training as ONE jitted function.
+
+FedAvg (McMahan et al., AISTATS 2017) applied to DQN agents, one per party (hospital):
+
+1. client sampling: a fixed-size cohort of ``clients_per_round`` parties drawn without
+   replacement, or Poisson sampling with rate q (each party independently; the form DP-FedAvg's
+   accounting assumes, McMahan et al. ICLR 2018);
+2. broadcast: each selected party's online network (and, by default, its target network) is
+   set to the global weights;
+3. local training of all selected parties at once: ``vmap`` over parties of a ``lax.scan`` over
+   local environment steps (``DQN.train``); parties may get different local budgets (system
+   heterogeneity: adaptive local epochs), realised by masking steps, so shapes stay static;
+4. each party's update is its trained weights minus the broadcast weights; stragglers that drop
+   after training are masked out;
+5. aggregation through an :class:`~fedrl.federated.aggregation.AggregationTransform` (plain
+   FedAvg weighted by local sample counts by default; DP or secure chains plug in here) and a
+   server optimizer step (``server_update``).
+
+Every key is derived from the round key with ``fold_in`` (per round and per party id), so a run
+is reproducible and parties never share exploration noise. ``aggregation="none"`` gives the
+local-only baseline (no broadcast, no sharing).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from fedrl.agents.dqn import DQN, DQNState, EnvFns
+from fedrl.config import require, require_in_range
+from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
+                                         fedavgm_optimizer, server_update)
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedConfig:
+    """Knobs of the federated protocol (the DQN's own knobs live in ``DQNConfig``)."""
+    num_rounds: int = 40
+    local_steps: int = 288                      # env steps per party per round
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    clients_per_round: int = 0                  # fixed cohort size; 0 = every party
+    sampling_rate: float = 1.0                  # Poisson sampling rate q
+    dropout_rate: float = 0.0                   # P(a selected party drops after training)
+    min_local_fraction: float = 1.0             # local budget ~ U[min_frac, 1] * local_steps
+    aggregation: Literal["fedavg", "none"] = "fedavg"
+    server_optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.9
+    sync_target_each_round: bool = True
+    reset_optimizer_each_round: bool = False
+
+    def validate(self) -> None:
+        require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
+        require(self.local_steps >= 1, f"fed.local_steps must be >= 1, got {self.local_steps}")
+        require(self.sampling in ("fixed", "poisson"),
+                f"fed.sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
+        require(self.clients_per_round >= 0, "fed.clients_per_round must be >= 0 (0 = all)")
+        require_in_range("fed.sampling_rate", self.sampling_rate, 0.0, 1.0, low_open=True)
+        require_in_range("fed.dropout_rate", self.dropout_rate, 0.0, 1.0, high_open=True)
+        require_in_range("fed.min_local_fraction", self.min_local_fraction, 0.0, 1.0,
+                         low_open=True)
+        require(self.aggregation in ("fedavg", "none"),
+                f"fed.aggregation must be 'fedavg' or 'none', got {self.aggregation!r}")
+        require(self.server_optimizer in ("sgd", "momentum", "adam"),
+                f"fed.server_optimizer must be sgd|momentum|adam, got {self.server_optimizer!r}")
+        require(self.server_learning_rate > 0, "fed.server_learning_rate must be > 0")
+
+
+def make_server_optimizer(cfg: FederatedConfig) -> optax.GradientTransformation:
+    """Plain FedAvg (sgd, lr 1), FedAvgM (momentum) or FedAdam (Reddi et al., ICLR 2021)."""
+    if cfg.server_optimizer == "sgd":
+        return optax.sgd(cfg.server_learning_rate)
+    if cfg.server_optimizer == "momentum":
+        return fedavgm_optimizer(cfg.server_learning_rate, cfg.server_momentum)
+    return fedadam_optimizer(cfg.server_learning_rate)
+
+
+@struct.dataclass
+class FederatedState:
+    global_params: PyTree
+    server_opt_state: optax.OptState
+    aggregator_state: PyTree
+    parties: DQNState          # stacked, leading axis K
+    round: jax.Array           # int32
+
+
+@struct.dataclass
+class FederatedRound:
+    """``init(key) -> FederatedState`` and ``step(state, key) -> (state, metrics)`` (jitted)."""
+    init: Callable = struct.field(pytree_node=False)
+    step: Callable = struct.field(pytree_node=False)
+    num_parties: int = struct.field(pytree_node=False)
+    cohort_size: int = struct.field(pytree_node=False)
+
+
+def _broadcast(tree: PyTree, n: int) -> PyTree:
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), tree)
+
+
+def _take(tree: PyTree, idx: jax.Array) -> PyTree:
+    return jax.tree.map(lambda x: x[idx], tree)
+
+
+def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: FederatedConfig,
+                         aggregator: AggregationTransform | None = None) -> FederatedRound:
+    """Build the federated round for parties whose env params are stacked ``[K, E, ...]``.
+
+    ``E`` is the number of environments each party runs (1 for a hospital; K hospitals for the
+    centralized reference, which is a single party pooling all hospitals' experience).
+    """
+    cfg.validate()
+    leaves = jax.tree.leaves(env_params)
+    require(len(leaves) > 0 and leaves[0].ndim >= 2,
+            "env_params must be stacked with a leading party axis K and an env axis E")
+    num_parties = int(leaves[0].shape[0])
+    require(num_parties >= 1, "the federation needs at least one party")
+    require(cfg.clients_per_round <= num_parties,
+            f"fed.clients_per_round={cfg.clients_per_round} exceeds the {num_parties} parties")
+    cohort = (cfg.clients_per_round or num_parties) if cfg.sampling == "fixed" else num_parties
+    aggregator = aggregator or fedavg()
+    server_opt = make_server_optimizer(cfg)
+    federated = cfg.aggregation != "none"
+
+    def init(key: jax.Array) -> FederatedState:
+        k_global, k_parties = jax.random.split(key)
+        obs_example, _ = env.reset(k_global, _take(_take(env_params, 0), 0))
+        global_params = dqn.init_params(k_global, obs_example.shape[-1])
+        party_keys = jax.vmap(lambda i: jax.random.fold_in(k_parties, i))(
+            jnp.arange(num_parties))
+        if federated:
+            parties = jax.vmap(lambda k, p: dqn.init_state(k, env, p, global_params))(
+                party_keys, env_params)
+        else:  # local-only: every party starts from its own random initialisation
+            parties = jax.vmap(lambda k, p: dqn.init_state(k, env, p))(party_keys, env_params)
+        return FederatedState(global_params=global_params,
+                              server_opt_state=server_opt.init(global_params),
+                              aggregator_state=aggregator.init(global_params),
+                              parties=parties, round=jnp.zeros((), jnp.int32))
+
+    def train_party(state: DQNState, params_env: PyTree, key: jax.Array, budget: jax.Array):
+        return dqn.train(env, state, params_env, key, cfg.local_steps, budget)
+
+    def step(state: FederatedState, key: jax.Array) -> tuple[FederatedState, dict]:
+        rkey = jax.random.fold_in(key, state.round)
+        k_sample, k_budget, k_drop, k_train, k_agg = jax.random.split(rkey, 5)
+
+        # 1. Client sampling: indices of the cohort and which of them take part.
+        if cfg.sampling == "fixed":
+            idx = jax.random.permutation(k_sample, num_parties)[:cohort]
+            sampled = jnp.ones((cohort,), bool)
+        else:
+            idx = jnp.arange(num_parties)
+            sampled = jax.random.uniform(k_sample, (num_parties,)) < cfg.sampling_rate
+        budget_frac = jax.random.uniform(k_budget, (num_parties,), minval=cfg.min_local_fraction,
+                                         maxval=1.0)[idx]
+        budget = jnp.where(sampled, jnp.ceil(budget_frac * cfg.local_steps), 0).astype(jnp.int32)
+
+        # 2. Broadcast the global weights to the selected parties.
+        selected = _take(state.parties, idx)
+        if federated:
+            selected = selected.replace(params=_broadcast(state.global_params, cohort))
+            if cfg.sync_target_each_round:
+                selected = selected.replace(
+                    target_params=_broadcast(state.global_params, cohort))
+            if cfg.reset_optimizer_each_round:
+                selected = selected.replace(opt_state=jax.vmap(dqn.optimizer.init)(
+                    selected.params))
+
+        # 3. Local training, vmapped over the cohort (scan over steps inside).
+        party_keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(idx)
+        trained, summary = jax.vmap(train_party)(selected, _take(env_params, idx), party_keys,
+                                                 budget)
+
+        # 4-5. Updates relative to the broadcast weights, dropouts, aggregation, server step.
+        survived = jax.random.uniform(k_drop, (cohort,)) >= cfg.dropout_rate
+        participating = sampled & survived
+        global_params, server_opt_state, agg_state = (
+            state.global_params, state.server_opt_state, state.aggregator_state)
+        if federated:
+            deltas = jax.tree.map(lambda p, g: p - g[None], trained.params, state.global_params)
+            weights = summary["transitions"].astype(jnp.float32)
+            delta, agg_state = aggregator.update(
+                Cohort(updates=deltas, weights=weights, mask=participating), agg_state, k_agg)
+            global_params, server_opt_state = server_update(
+                global_params, delta, server_opt_state, server_opt)
+
+        parties = jax.tree.map(lambda whole, part: whole.at[idx].set(part),
+                               state.parties, trained)
+        metrics = {
+            "participants": jnp.sum(participating),
+            "reward_per_step": jnp.sum(summary["reward_per_step"] * sampled)
+                               / jnp.maximum(jnp.sum(sampled), 1),
+            "loss": jnp.sum(summary["loss"] * sampled) / jnp.maximum(jnp.sum(sampled), 1),
+            "updates": jnp.sum(summary["updates"]),
+            "transitions": jnp.sum(summary["transitions"]),
+        }
+        new_state = FederatedState(global_params=global_params,
+                                   server_opt_state=server_opt_state,
+                                   aggregator_state=agg_state, parties=parties,
+                                   round=state.round + 1)
+        return new_state, metrics
+
+    return FederatedRound(init=jax.jit(init), step=jax.jit(step, donate_argnums=0),
+                          num_parties=num_parties, cohort_size=cohort)

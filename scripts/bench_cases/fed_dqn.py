@@ -1,0 +1,140 @@
+"""Benchmark ``fed_dqn``: throughput of one federated DQN round at K parties.
+
+Ours: ``make_federated_round`` (one jitted function, vmap over parties, scan over local steps).
+Baseline, measured in the same run: the same per-party work done by a Python loop over parties
+calling a jitted single-party local training (``DQN.train``) -- the way a conventional
+simulator drives parties -- followed by the same FedAvg. Both use the hospital environment, the
+seed's 256-256 Q-network and batch 64, with one gradient update per environment step.
+
+Also reported: achieved FLOP/s of the DQN gradient updates (analytic count of the matmul
+FLOPs) as a fraction of this machine's float32 matmul peak, measured in the same run with a
+large matmul; that fraction is the distance to the physical limit.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedrl.agents.dqn import DQNConfig, EnvFns, make_dqn
+from fedrl.envs import hospital
+from fedrl.federated.aggregation import Cohort, fedavg, server_update
+from fedrl.federated.round import FederatedConfig, make_federated_round, make_server_optimizer
+
+NAME = "fed_dqn"
+ENV = EnvFns(reset=hospital.reset, step=hospital.step)
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of this device (an n x n x n matmul)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, b))
+    return 2.0 * n ** 3 / _median_time(lambda: f(a, b), repeats)
+
+
+def update_flops(cfg: DQNConfig, obs_dim: int, num_actions: int) -> float:
+    """Matmul FLOPs of one gradient update: forward of the online net on obs and next_obs
+    (double DQN), forward of the target on next_obs, backward (2x the forward) on obs."""
+    sizes = (obs_dim,) + tuple(cfg.hidden_sizes) + (num_actions,)
+    forward = sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    passes = 3 + 2 + (1 if cfg.double_dqn else 0)
+    return float(forward * passes * cfg.batch_size)
+
+
+def run(quick: bool = False) -> list[dict]:
+    parties_list = (1, 4) if quick else (1, 4, 16, 64)
+    local_steps = 32 if quick else 128
+    repeats = 2 if quick else 3
+    dqn_cfg = DQNConfig(hidden_sizes=(256, 256), batch_size=64, buffer_capacity=4_096,
+                        learning_starts=64, train_every=1, target_update_every=250)
+    dqn = make_dqn(dqn_cfg, hospital.NUM_ACTIONS)
+    fed_cfg = FederatedConfig(num_rounds=1, local_steps=local_steps)
+    peak = matmul_peak(1024 if quick else 2048)
+    flops_per_update = update_flops(dqn_cfg, hospital.OBS_DIM, hospital.NUM_ACTIONS)
+    device = jax.devices()[0].platform
+    rows = [{"name": "matmul_peak", "params": {"dtype": "float32", "device": device},
+             "value": peak / 1e9, "unit": "GFLOP/s", "baseline": None, "baseline_value": None,
+             "ratio": None}]
+
+    for k in parties_list:
+        env_params = hospital.make_hospitals(hospital.HospitalConfig(), k, jax.random.key(0))
+        stacked = jax.tree.map(lambda x: x[:, None], env_params)
+        rnd = make_federated_round(dqn, ENV, stacked, fed_cfg)
+        key = jax.random.key(1)
+
+        # Ours: one jitted round; the first round fills the buffers (and is the warm-up).
+        state = rnd.init(jax.random.key(2))
+        t0 = time.perf_counter()
+        step = jax.jit(rnd.step.__wrapped__).lower(state, key).compile()
+        compile_s = time.perf_counter() - t0
+        state, metrics = step(state, key)
+        jax.block_until_ready(state)
+        holder = {"s": state}
+
+        def ours():
+            holder["s"], m = step(holder["s"], key)
+            return m
+        t_ours = _median_time(ours, repeats)
+        updates = float(ours()["updates"])
+
+        # Baseline: a Python loop over parties, each calling a jitted single-party training,
+        # then the same FedAvg (jitted).
+        train_one = jax.jit(lambda s, p, kk: dqn.train(ENV, s, p, kk, local_steps))
+        server_opt = make_server_optimizer(fed_cfg)
+        aggregator = fedavg()
+
+        @jax.jit
+        def aggregate(trained_params, weights, glob, opt_state, agg_key):
+            stacked_params = jax.tree.map(lambda *p: jnp.stack(p), *trained_params)
+            deltas = jax.tree.map(lambda p, g: p - g[None], stacked_params, glob)
+            delta, _ = aggregator.update(Cohort(deltas, jnp.stack(weights), jnp.ones(k, bool)),
+                                         aggregator.init(glob), agg_key)
+            return server_update(glob, delta, opt_state, server_opt)[0]
+
+        parties = [jax.tree.map(lambda x: x[i], holder["s"].parties) for i in range(k)]
+        params_k = [jax.tree.map(lambda x: x[i], stacked) for i in range(k)]
+        glob = holder["s"].global_params
+        opt_state = server_opt.init(glob)
+        party_keys = [jax.random.fold_in(key, i) for i in range(k)]
+
+        def loop():
+            outs = [train_one(parties[i].replace(params=glob, target_params=glob), params_k[i],
+                              party_keys[i]) for i in range(k)]
+            return aggregate([o[0].params for o in outs],
+                             [o[1]["transitions"].astype(jnp.float32) for o in outs],
+                             glob, opt_state, key)
+
+        t0 = time.perf_counter()
+        jax.block_until_ready(loop())  # compiles the single-party training and the aggregation
+        loop_compile_s = time.perf_counter() - t0
+        t_loop = _median_time(loop, repeats)
+
+        env_steps = k * local_steps
+        params = {"K": k, "local_steps": local_steps, "batch": 64, "net": "256-256",
+                  "compile_s": round(compile_s, 2), "loop_compile_s": round(loop_compile_s, 2)}
+        rows.append({"name": "fed_dqn_env_steps", "params": params,
+                     "value": env_steps / t_ours, "unit": "env steps/s",
+                     "baseline": "python loop over parties", "baseline_value": env_steps / t_loop,
+                     "ratio": t_loop / t_ours})
+        rows.append({"name": "fed_dqn_updates", "params": params,
+                     "value": updates / t_ours, "unit": "updates/s",
+                     "baseline": "python loop over parties", "baseline_value": updates / t_loop,
+                     "ratio": t_loop / t_ours})
+        achieved = updates * flops_per_update / t_ours
+        rows.append({"name": "fed_dqn_flops", "params": params, "value": achieved / 1e9,
+                     "unit": "GFLOP/s", "baseline": "matmul peak", "baseline_value": peak / 1e9,
+                     "ratio": achieved / peak})
+    return rows

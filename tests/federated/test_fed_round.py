@@ -1,0 +1,131 @@
+"""Tests of FedAvg and the jitted federated DQN round."""
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedrl.agents.dqn import DQNConfig, make_dqn
+from fedrl.config import ConfigError
+from fedrl.federated.aggregation import Cohort, fedavg, server_update
+from fedrl.federated.round import FederatedConfig, make_federated_round
+from tests import toy_env
+
+DQN_CFG = DQNConfig(hidden_sizes=(16, 16), batch_size=16, buffer_capacity=500, learning_starts=32,
+                    epsilon_decay_steps=200, target_update_every=25, learning_rate=1e-3)
+
+
+def _run_aggregator(cohort):
+    agg = fedavg()
+    return jax.jit(agg.update)(cohort, agg.init(None), jax.random.key(0))[0]
+
+
+def test_fedavg_equals_numpy_weighted_mean():
+    rng = np.random.default_rng(0)
+    updates = {"w": rng.normal(size=(5, 3, 2)).astype(np.float32),
+               "b": rng.normal(size=(5, 2)).astype(np.float32)}
+    weights = rng.integers(1, 100, 5).astype(np.float32)
+    mask = np.array([True, False, True, True, False])
+    got = _run_aggregator(Cohort(updates=jax.tree.map(jnp.asarray, updates),
+                                 weights=jnp.asarray(weights), mask=jnp.asarray(mask)))
+    coef = weights * mask / np.sum(weights * mask)
+    for name in updates:
+        expected = np.tensordot(coef, updates[name], axes=1)
+        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fedavg_is_identity_on_identical_clients():
+    leaf = jnp.linspace(-2.0, 3.0, 12).reshape(3, 4)
+    cohort = Cohort(updates={"w": jnp.stack([leaf] * 4)}, weights=jnp.array([1.0, 5.0, 2.0, 9.0]),
+                    mask=jnp.ones(4, bool))
+    np.testing.assert_allclose(_run_aggregator(cohort)["w"], leaf, rtol=1e-6)
+    # And the FedAvg server step (sgd with lr 1) moves the global weights by exactly the mean.
+    params = {"w": jnp.ones((3, 4))}
+    opt = optax.sgd(1.0)
+    new, _ = server_update(params, {"w": leaf}, opt.init(params), opt)
+    np.testing.assert_allclose(new["w"], 1.0 + leaf, rtol=1e-6)
+
+
+def _round(num_parties=3, **fed):
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(**{"num_rounds": 2, "local_steps": 60, **fed})
+    return dqn, make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(num_parties), cfg)
+
+
+def test_single_party_fedavg_global_equals_trained_local_weights():
+    _, rnd = _round(num_parties=1)
+    state = rnd.init(jax.random.key(0))
+    state, metrics = rnd.step(state, jax.random.key(1))
+    party = jax.tree.map(lambda x: x[0], state.parties.params)
+    chex.assert_trees_all_close(state.global_params, party, rtol=1e-5, atol=1e-6)
+    assert int(metrics["updates"]) > 0
+
+
+def test_round_global_update_is_weighted_mean_of_party_deltas():
+    _, rnd = _round(num_parties=3, min_local_fraction=0.5)
+    state = rnd.init(jax.random.key(0))
+    before = state.global_params
+    state = jax.tree.map(lambda x: x, state)  # keep `before` alive despite donation
+    new, metrics = rnd.step(jax.tree.map(jnp.copy, state), jax.random.key(5))
+    # The parties' stored params are their trained weights; their budgets differ.
+    counts = np.asarray(new.parties.steps, dtype=np.float64)
+    assert len(set(counts.tolist())) > 1
+    expected = jax.tree.map(
+        lambda p, g: g + np.tensordot(counts / counts.sum(), np.asarray(p) - np.asarray(g)[None],
+                                      axes=1), new.parties.params, before)
+    chex.assert_trees_all_close(new.global_params, expected, rtol=1e-4, atol=1e-5)
+    assert int(metrics["participants"]) == 3
+
+
+def test_fixed_cohort_trains_only_selected_parties():
+    _, rnd = _round(num_parties=4, clients_per_round=2)
+    state = rnd.init(jax.random.key(0))
+    state, metrics = rnd.step(state, jax.random.key(3))
+    steps = np.asarray(state.parties.steps)
+    assert sorted(steps.tolist()) == [0, 0, 60, 60]
+    assert int(metrics["participants"]) == 2
+
+
+def test_local_only_keeps_parties_apart_and_global_fixed():
+    _, rnd = _round(num_parties=2, aggregation="none")
+    state = rnd.init(jax.random.key(0))
+    g0 = jax.tree.map(np.asarray, state.global_params)
+    state, _ = rnd.step(state, jax.random.key(1))
+    jax.tree.map(np.testing.assert_array_equal, state.global_params, g0)
+    a, b = (jax.tree.map(lambda x: x[i], state.parties.params) for i in range(2))
+    assert not np.allclose(jax.tree.leaves(a)[0], jax.tree.leaves(b)[0])
+
+
+def test_round_is_deterministic_and_compiles_once():
+    def run():
+        _, rnd = _round(num_parties=2, sampling="poisson", sampling_rate=0.7, dropout_rate=0.2)
+        chex.clear_trace_counter()
+        step = chex.assert_max_traces(rnd.step.__wrapped__, n=1)
+        jitted = jax.jit(step)
+        state = rnd.init(jax.random.key(0))
+        for _ in range(3):
+            state, _ = jitted(state, jax.random.key(9))
+        return state
+    a, b = run(), run()
+    jax.tree.map(np.testing.assert_array_equal, a.global_params, b.global_params)
+    assert int(a.round) == 3
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"num_rounds": 0}, "fed.num_rounds"), ({"sampling_rate": -0.1}, "fed.sampling_rate"),
+    ({"dropout_rate": 1.0}, "fed.dropout_rate"), ({"clients_per_round": 9}, "clients_per_round"),
+    ({"aggregation": "fedprox"}, "fed.aggregation")])
+def test_round_config_errors(change, match):
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = dataclasses.replace(FederatedConfig(), **change)
+    with pytest.raises(ConfigError, match=match):
+        make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(3), cfg)
+
+
+def test_zero_parties_is_refused():
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    with pytest.raises(ConfigError, match="at least one party"):
+        make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(0), FederatedConfig())

@@ -1,0 +1,149 @@
+"""auction_match: validity, optimality bounds vs scipy, rectangular both ways, vmap/jit, bounds."""
+import functools
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fedrl.config import ConfigError
+from fedrl.matching import auction_match
+
+from matching_reference import (KINDS, batch, check_valid, max_cardinality, np_instances,
+                                optima, optimum)
+
+TOL = 1e-3  # the default relative tolerance of auction_match
+
+
+def assert_within_tol(totals, opt, kind=""):
+    # Guarantee: total >= (1 - tol) * optimum (a little float32 slack on top).
+    assert (totals >= (1 - TOL) * opt - 1e-4).all(), (kind, np.max(opt - totals))
+    assert (totals <= opt + 1e-4).all(), kind
+
+
+@pytest.mark.parametrize("n,m", [(0, 0), (0, 4), (4, 0), (1, 1), (1, 4), (4, 1)])
+def test_small_sizes(n, m):
+    w = jax.random.normal(jax.random.key(n * 10 + m), (n, m))
+    res = jax.jit(auction_match)(w)
+    assert res.row_to_col.shape == (n,) and res.col_to_row.shape == (m,)
+    assert bool(res.converged)
+    totals = check_valid(res, w, np.ones((n, m), bool))
+    assert totals[0] == pytest.approx(optimum(w), abs=1e-5)
+    if (n, m) == (4, 1):  # jit == no jit
+        eager = auction_match(w)
+        np.testing.assert_array_equal(eager.row_to_col, res.row_to_col)
+        assert float(eager.total) == float(res.total)
+
+
+# 64 instances of each of the 6 kinds per shape (1152 instances), one compile per shape.
+@pytest.mark.parametrize("n,m", [(8, 8), (5, 12), (12, 5)])
+def test_valid_and_within_tolerance_on_random_batches(n, m):
+    solve = jax.jit(jax.vmap(auction_match))
+    for kind in KINDS:
+        w, mask = batch(kind, n, m)
+        res = solve(w, mask)
+        assert np.asarray(res.converged).all(), kind
+        totals = check_valid(res, w, mask)
+        opt = optima(w, mask)
+        assert_within_tol(totals, opt, kind)
+        if kind in ("ties", "integer"):
+            # Integer weights: exact (eps_final < 1 / min(n, m), certificate gap < 1).
+            np.testing.assert_array_equal(totals, opt, err_msg=kind)
+
+
+def test_dispatch_shaped_batch_and_vmap_equals_loop():
+    # 64 dispatch-like problems of 16 x 48 (the simulator's batch shape): gap < 0.1 %.
+    w, mask = np_instances("dispatch", 64, 16, 48, seed=11)
+    batched = jax.jit(jax.vmap(auction_match))(w, mask)
+    totals = check_valid(batched, w, mask)
+    assert np.asarray(batched.converged).all()
+    assert_within_tol(totals, optima(w, mask))
+    # vmap == per-instance results, and jit == no jit.
+    single = jax.jit(auction_match)
+    for k in range(3):
+        one = single(w[k], mask[k])
+        np.testing.assert_array_equal(one.row_to_col, batched.row_to_col[k])
+        np.testing.assert_array_equal(one.col_to_row, batched.col_to_row[k])
+        assert int(one.iterations) == int(batched.iterations[k])
+
+
+def test_eps_cs_bound_without_certificate():
+    # tol tiny => the duality certificate (almost) never stops it early, so the run goes down to
+    # eps_final and the eps-CS bound total >= opt - min(n, m) * eps_final must hold on its own.
+    eps_final = 0.02
+    solve = jax.jit(jax.vmap(functools.partial(auction_match, eps_final=eps_final, tol=1e-9,
+                                               exact_integer=False)))
+    for kind in ("uniform", "normal", "dispatch"):
+        w, mask = batch(kind, 5, 12)
+        res = solve(w, mask)
+        totals = check_valid(res, w, mask)
+        opt = optima(w, mask)
+        assert (totals >= opt - 5 * eps_final - 1e-5).all(), kind
+
+
+def test_iteration_bound_gives_valid_unconverged_matching():
+    w, mask = batch("dispatch", 12, 12)
+    res = jax.jit(jax.vmap(functools.partial(auction_match, max_iters=1)))(w, mask)
+    check_valid(res, w, mask)
+    conv = np.asarray(res.converged)
+    assert (np.asarray(res.iterations) <= 1).all()
+    # Not converged <=> stopped by the bound (problems solved in 1 round may converge).
+    assert (np.asarray(res.iterations)[~conv] == 1).all()
+    assert (~conv).sum() > len(conv) // 2
+    opt = optima(w, mask)
+    assert_within_tol(check_valid(res, w, mask)[conv], opt[conv])
+
+
+def test_allow_nonpositive_gives_max_cardinality():
+    w, mask = batch("normal", 8, 8)
+    mask = mask & (np.random.default_rng(1).random(mask.shape) < 0.3)
+    res = jax.jit(jax.vmap(functools.partial(auction_match, allow_nonpositive=True)))(w, mask)
+    check_valid(res, w, mask, allow_nonpositive=True)
+    sizes = (np.asarray(res.row_to_col) >= 0).sum(1)
+    assert (sizes == [max_cardinality(mk) for mk in mask]).all()
+
+
+def test_bad_options_raise_config_errors():
+    w = jnp.ones((2, 3))
+    with pytest.raises(ConfigError, match="eps_factor"):
+        auction_match(w, eps_factor=1.5)
+    with pytest.raises(ConfigError, match="eps_final"):
+        auction_match(w, eps_final=0.0)
+    with pytest.raises(ConfigError, match="max_iters"):
+        auction_match(w, max_iters=-1)
+    with pytest.raises(ConfigError, match="2-D"):
+        auction_match(jnp.ones(3))
+
+
+# Property test on one padded 6 x 6 shape (one compile): any sub-problem n x m <= 6 x 6 with
+# weights in [-5, 5] and a random mask, embedded with padding masked out.
+_padded = jax.jit(auction_match)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(1, 6), st.integers(1, 6), st.data())
+def test_property_padded_subproblems(n, m, data):
+    w = data.draw(hnp.arrays(np.float32, (n, m), elements=st.floats(-5, 5, width=32)))
+    mask = data.draw(hnp.arrays(np.bool_, (n, m)))
+    wp = np.zeros((6, 6), np.float32)
+    mp = np.zeros((6, 6), bool)
+    wp[:n, :m], mp[:n, :m] = w, mask
+    res = _padded(wp, mp)
+    assert bool(res.converged)
+    total = check_valid(res, wp, mp)[0]
+    assert (np.asarray(res.row_to_col)[n:] == -1).all() and (np.asarray(res.col_to_row)[m:] == -1).all()
+    opt = optimum(w, mask)
+    assert opt * (1 - TOL) - 1e-4 <= total <= opt + 1e-4
+
+
+def test_pure_jacobi_and_reset_stale_options_are_valid_and_within_tolerance():
+    # bidders_per_round=None: every active bidder bids every round (the dense Jacobi path).
+    solve = jax.jit(jax.vmap(functools.partial(auction_match, reset_stale=True,
+                                               bidders_per_round=None)))
+    for kind in KINDS:
+        w, mask = batch(kind, 5, 12)
+        res = solve(w, mask)
+        assert np.asarray(res.converged).all(), kind
+        assert_within_tol(check_valid(res, w, mask), optima(w, mask), kind)
