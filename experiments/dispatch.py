@@ -16,7 +16,6 @@ import dataclasses
 import time
 
 import jax
-import numpy as np
 
 from experiments.common import Experiment, Report, main, markdown_table
 from fedrl.config import require

@@ -27,7 +27,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from fedrl.dispatch.dispatchers import local_dispatch
 from fedrl.dispatch.schedule import DayData

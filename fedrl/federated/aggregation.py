@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from fedrl.config import require, require_positive
+from fedrl.config import require_positive
 from fedrl.privacy import quantization, secure_aggregation
 from fedrl.privacy.quantization import FixedPoint
 

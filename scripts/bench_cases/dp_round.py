@@ -6,10 +6,6 @@ with the sum done by mask-based secure aggregation in Z_{2^32}). Baseline, measu
 run: the same round with plain ``fedavg``. Poisson client sampling (rate q), the seed's 256-256
 Q-network on 12 inputs and 5 actions (70,405 parameters), batch 64, one update per env step.
 ratio = t(plain) / t(ours): the target is overhead < 1.5x, i.e. ratio > 0.67.
-
-Environment: the hospital environment when ``fedrl.envs.hospital`` is available; otherwise a
-synthetic 12-observation, 5-action contextual task of the same network size (the local training
-cost per step is dominated by the Q-network updates, not the environment).
 """
 from __future__ import annotations
 
@@ -17,66 +13,26 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
-from flax import struct
 
 from fedrl.agents.dqn import DQNConfig, EnvFns, make_dqn
 from fedrl.federated.aggregation import dp_fedavg, dp_secure_fedavg, fedavg
+from fedrl.envs import hospital
 from fedrl.federated.round import FederatedConfig, make_federated_round
+
+from bench_cases.timing import compiled_round
 
 NAME = "dp_round"
 OBS_DIM, NUM_ACTIONS = 12, 5
 
 
-@struct.dataclass
-class _SynthParams:
-    horizon: jax.Array
-
-
-@struct.dataclass
-class _SynthState:
-    obs: jax.Array
-    t: jax.Array
-
-
-def _synth_reset(key, params):
-    del params
-    obs = jax.random.normal(key, (OBS_DIM,))
-    return obs, _SynthState(obs=obs, t=jnp.zeros((), jnp.int32))
-
-
-def _synth_step(key, state, action, params):
-    reward = state.obs[action]              # the best action is the largest of the first 5
-    t = state.t + 1
-    done = t >= params.horizon
-    obs = jax.random.normal(key, (OBS_DIM,))
-    info = {"terminated": jnp.zeros((), bool), "truncated": done}
-    return obs, _SynthState(obs=obs, t=jnp.where(done, 0, t)), reward, done, info
-
-
 def _environment(k: int):
-    try:
-        from fedrl.envs import hospital
-        params = hospital.make_hospitals(hospital.HospitalConfig(), k, jax.random.key(0))
-        return (EnvFns(reset=hospital.reset, step=hospital.step),
-                jax.tree.map(lambda x: x[:, None], params), "hospital", hospital.NUM_ACTIONS)
-    except ImportError:
-        params = _SynthParams(horizon=jnp.full((k, 1), 64, jnp.int32))
-        return (EnvFns(reset=_synth_reset, step=_synth_step), params,
-                "synthetic 12-obs/5-action (fedrl.envs.hospital not available)", NUM_ACTIONS)
+    params = hospital.make_hospitals(hospital.HospitalConfig(), k, jax.random.key(0))
+    return (EnvFns(reset=hospital.reset, step=hospital.step),
+            jax.tree.map(lambda x: x[:, None], params), "hospital", hospital.NUM_ACTIONS)
 
 
 def _compiled_round(dqn, env, env_params, fed_cfg, aggregator):
-    """(jitted step, state after a warm-up round that fills the replay buffers, compile s)."""
-    rnd = make_federated_round(dqn, env, env_params, fed_cfg, aggregator)
-    key = jax.random.key(1)
-    state = rnd.init(jax.random.key(2))
-    t0 = time.perf_counter()
-    step = jax.jit(rnd.step.__wrapped__).lower(state, key).compile()
-    compile_s = time.perf_counter() - t0
-    state, _ = step(state, key)
-    jax.block_until_ready(state)
-    return step, state, compile_s
+    return compiled_round(make_federated_round(dqn, env, env_params, fed_cfg, aggregator))
 
 
 def _interleaved_times(variants: dict, repeats: int) -> dict:

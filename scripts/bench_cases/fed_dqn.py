@@ -18,24 +18,16 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fedrl.agents.dqn import DQNConfig, EnvFns, make_dqn
 from fedrl.envs import hospital
 from fedrl.federated.aggregation import Cohort, fedavg, server_update
 from fedrl.federated.round import FederatedConfig, make_federated_round, make_server_optimizer
 
+from bench_cases.timing import compiled_round, median_time
+
 NAME = "fed_dqn"
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -44,7 +36,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(lambda x, y: x @ y)
     jax.block_until_ready(f(a, b))
-    return 2.0 * n ** 3 / _median_time(lambda: f(a, b), repeats)
+    return 2.0 * n ** 3 / median_time(lambda: f(a, b), repeats)
 
 
 def update_flops(cfg: DQNConfig, obs_dim: int, num_actions: int) -> float:
@@ -78,18 +70,13 @@ def run(quick: bool = False) -> list[dict]:
         key = jax.random.key(1)
 
         # Ours: one jitted round; the first round fills the buffers (and is the warm-up).
-        state = rnd.init(jax.random.key(2))
-        t0 = time.perf_counter()
-        step = jax.jit(rnd.step.__wrapped__).lower(state, key).compile()
-        compile_s = time.perf_counter() - t0
-        state, metrics = step(state, key)
-        jax.block_until_ready(state)
+        step, state, compile_s = compiled_round(rnd, key)
         holder = {"s": state}
 
         def ours():
             holder["s"], m = step(holder["s"], key)
             return m
-        t_ours = _median_time(ours, repeats)
+        t_ours = median_time(ours, repeats)
         updates = float(ours()["updates"])
 
         # Baseline: a Python loop over parties, each calling a jitted single-party training,
@@ -122,7 +109,7 @@ def run(quick: bool = False) -> list[dict]:
         t0 = time.perf_counter()
         jax.block_until_ready(loop())  # compiles the single-party training and the aggregation
         loop_compile_s = time.perf_counter() - t0
-        t_loop = _median_time(loop, repeats)
+        t_loop = median_time(loop, repeats)
 
         # Conventional baseline: a Python loop over parties AND local steps, each call a jitted
         # single-party train step (one env step + one gradient update).
@@ -137,7 +124,7 @@ def run(quick: bool = False) -> list[dict]:
                 out = s
             return out.params
         jax.block_until_ready(step_loop())
-        t_step_loop = _median_time(step_loop, 1)
+        t_step_loop = median_time(step_loop, 1)
 
         env_steps = k * local_steps
         params = {"K": k, "local_steps": local_steps, "batch": 64, "net": "256-256",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 
 import jax
-import numpy as np
 
 from fedrl.envs.hospital import HospitalConfig, make_hospitals, reset, step
 from fedrl.envs.hospital.policies import strict_priority
+
+from bench_cases.timing import median_time
 
 NAME = "hospital_env"
 
@@ -33,15 +34,6 @@ def _episode(params, key, num_steps: int):
     return rewards.sum()
 
 
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def run(quick: bool = False) -> list[dict]:
     num_hospitals = 16
     num_steps = 288 if quick else 2016
@@ -54,13 +46,13 @@ def run(quick: bool = False) -> list[dict]:
     t0 = time.perf_counter()
     jax.block_until_ready(batched(params, keys))
     compile_s = time.perf_counter() - t0
-    ours = _median(lambda: batched(params, keys), repeats)
+    ours = median_time(lambda: batched(params, keys), repeats)
 
     single = jax.jit(lambda p, k: _episode(p, k, num_steps))
     take = lambda i: jax.tree.map(lambda x: x[i], params)  # noqa: E731
     hospitals = [take(i) for i in range(num_hospitals)]
     jax.block_until_ready(single(hospitals[0], keys[0]))
-    loop = _median(lambda: [single(hospitals[i], keys[i]) for i in range(num_hospitals)],
+    loop = median_time(lambda: [single(hospitals[i], keys[i]) for i in range(num_hospitals)],
                    repeats)
 
     env_steps = num_hospitals * num_steps

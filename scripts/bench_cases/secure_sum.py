@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrl.federated.aggregation import Cohort, secure_sum
-from fedrl.privacy import paillier, quantization
+from fedrl.privacy import paillier
 from fedrl.privacy.quantization import FixedPoint
 
 NAME = "secure_sum"

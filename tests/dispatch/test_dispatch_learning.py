@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from dispatch_setup import NUM_BATCHES, SMALL
+from dispatch_setup import SMALL
 from fedrl.dispatch import simulator as sim
 from fedrl.dispatch.dispatchers import build_graph, candidate_weights, compact_rows, solve_graph
 from fedrl.dispatch.types import IDLE, Arrivals
 from fedrl.dispatch.value import (offline_policy_evaluation, td0_update, trip_transitions,
                                   value_grid)
-from fedrl.dispatch.weights import cancel_probability, edge_weights
+from fedrl.dispatch.weights import cancel_probability
 
 
 _weights = jax.jit(candidate_weights, static_argnames=("cfg", "kind"))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dispatch_setup import CITY, NUM_BATCHES, SMALL
+from dispatch_setup import NUM_BATCHES, SMALL
 from fedrl.config import ConfigError
 from fedrl.dispatch import simulator as sim
 from fedrl.dispatch.types import BUSY, IDLE, OFFLINE, SimConfig
