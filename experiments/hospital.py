@@ -219,7 +219,7 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
     start = 0
     saved = ctx.restore_checkpoint(label, {"state": state, "curve": curve, "round": 0})
     if saved is not None:
-        state, curve, start = saved["state"], np.asarray(saved["curve"]), int(saved["round"])
+        state, curve, start = saved["state"], np.array(saved["curve"]), int(saved["round"])
 
     round_key = jax.random.fold_in(key, 1)
     t0 = time.perf_counter()

@@ -54,3 +54,32 @@ def test_bad_config_is_refused_with_the_field_named(assignment, match, tmp_path)
     with pytest.raises(ConfigError, match=match):
         execute(hospital.EXPERIMENT, "smoke", tmp_path, seed=0, overrides=[assignment],
                 progress=False)
+
+
+def test_interrupted_training_resumes_from_checkpoint_and_matches(tmp_path):
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from experiments.common import RunContext
+    from fedrl.envs import hospital as env
+
+    cfg = dataclasses.replace(hospital.smoke(), num_hospitals=2, checkpoint_every=1,
+                              fed=dataclasses.replace(hospital.smoke().fed, num_rounds=3,
+                                                      local_steps=32))
+    params = env.make_hospitals(cfg.env, 2, jax.random.key(0))
+    key = jax.random.key(5)
+    ctx = RunContext(tmp_path, cfg, 0, resume=False, progress=False)
+    full, _, curve, _ = hospital.train_method("fedavg", cfg, params, key, ctx)
+    # The run left its round-2 checkpoint (the method was never marked finished): a resumed
+    # run restores it, trains only the last round and ends in the same state.
+    assert ctx.checkpoint_path("fedavg").exists()
+    resumed_ctx = RunContext(tmp_path, cfg, 0, resume=True, progress=False)
+    calls = []
+    original = resumed_ctx.progress
+    resumed_ctx.progress = lambda it, **kw: calls.append(list(it)) or original(calls[-1], **kw)
+    resumed, _, curve2, _ = hospital.train_method("fedavg", cfg, params, key, resumed_ctx)
+    assert calls == [[2]]
+    jax.tree.map(np.testing.assert_allclose, resumed.global_params, full.global_params)
+    np.testing.assert_array_equal(curve2, curve)
