@@ -86,36 +86,47 @@ from fedrl.matching.types import MatchResult, check_problem, eligible_weights, r
 _NEG = -jnp.inf
 
 
+def _bids(values, prices, eps, candidates, ids, num_bidders):
+    """Bids of the candidate bidders and the objects' choice among them (shared by both rounds).
+
+    ``values`` [r, objects] are the candidates' weights minus prices (-inf where ineligible),
+    ``ids`` [r] their bidder indices. Best and second best by max + masked max and the best
+    index by a min over an iota (XLA's argmax is a variadic reduce, slow on CPU; ``lax.top_k``
+    is slower still). Objects resolve competing bids with scatter-max/min over the bidders
+    (O(bidders), not a dense bid matrix); ties between equal offers go to the lowest index.
+    Returns (best, new_profit, settling, top, has_bid, winner, won).
+    """
+    no = values.shape[1]
+    beta = jnp.max(values, axis=1)
+    iota = jnp.arange(no, dtype=jnp.int32)
+    best = jnp.min(jnp.where(values == beta[:, None], iota[None, :], no - 1), axis=1)
+    omega = jnp.max(jnp.where(iota[None, :] == best[:, None], _NEG, values), axis=1)
+    bidding = candidates & (beta > eps)
+    settling = candidates & ~bidding
+    # The floor 0 is the value of staying unmatched (the private dummy object).
+    new_profit = jnp.maximum(omega - eps, 0.0)
+    # Price offered for the best object: w - new_profit = beta + p_best - new_profit.
+    offer = jnp.where(bidding, beta + prices[best] - new_profit, _NEG)
+    top = jnp.full((no,), _NEG, values.dtype).at[best].max(offer)
+    has_bid = top > _NEG
+    claim = jnp.where(bidding & (offer >= top[best]), ids, num_bidders)
+    winner = jnp.full((no,), num_bidders, jnp.int32).at[best].min(claim)
+    won = bidding & (winner[best] == ids)
+    return best, new_profit, settling, top, has_bid, winner, won
+
+
 def _bid_round(wm, prices, profits, own, owner, eps):
     """One Jacobi bidding round: every active bidder (unmatched, profit > 0) bids at once.
 
     ``wm`` is [bidders, objects] with ineligible pairs at -inf; ``prices`` [objects];
     ``profits`` [bidders]; ``own`` bidder -> object (-1 unmatched); ``owner`` object -> bidder
-    (-1 unmatched). Best and second best by max + masked max and the best index by a min over
-    an iota (XLA's argmax is a variadic reduce, slow on CPU; ``lax.top_k`` is slower still).
-    Objects resolve competing bids with scatter-max/min over the bidders (O(bidders), not a
-    dense bid matrix).
+    (-1 unmatched).
     """
-    nb, no = wm.shape
-    values = wm - prices[None, :]
-    beta = jnp.max(values, axis=1)
-    iota = jnp.arange(no, dtype=jnp.int32)
-    best = jnp.min(jnp.where(values == beta[:, None], iota[None, :], no - 1), axis=1)
-    omega = jnp.max(jnp.where(iota[None, :] == best[:, None], _NEG, values), axis=1)
+    nb, _ = wm.shape
     active = (own < 0) & (profits > 0)
-    bidding = active & (beta > eps)
-    settling = active & ~bidding
-    # The floor 0 is the value of staying unmatched (the private dummy object).
-    new_profit = jnp.maximum(omega - eps, 0.0)
-    # Price offered for the best object: w - new_profit = beta + p_best - new_profit.
-    offer = jnp.where(bidding, beta + prices[best] - new_profit, _NEG)
-    top = jnp.full((no,), _NEG, wm.dtype).at[best].max(offer)
-    has_bid = top > _NEG
     rows = jnp.arange(nb, dtype=jnp.int32)
-    # Ties between equal offers go to the lowest bidder index.
-    claim = jnp.where(bidding & (offer >= top[best]), rows, nb)
-    winner = jnp.full((no,), nb, jnp.int32).at[best].min(claim)
-    won = bidding & (winner[best] == rows)
+    best, new_profit, settling, top, has_bid, winner, won = _bids(
+        wm - prices[None, :], prices, eps, active, rows, nb)
     displaced = (own >= 0) & has_bid[jnp.maximum(own, 0)]
     own = jnp.where(won, best, jnp.where(displaced, -1, own))
     owner = jnp.where(has_bid, winner, owner)
@@ -133,24 +144,12 @@ def _bid_round_compact(wm, prices, profits, own, owner, eps, width):
     round costs O(width * objects) instead of O(bidders * objects): late rounds of a phase have
     only a few active bidders, and the dense round wastes most of its work on settled ones.
     """
-    nb, no = wm.shape
+    nb, _ = wm.shape
     active = (own < 0) & (profits > 0)
     idx = jnp.nonzero(active, size=width, fill_value=nb)[0].astype(jnp.int32)
     valid = idx < nb
-    values = wm[jnp.minimum(idx, nb - 1)] - prices[None, :]
-    beta = jnp.max(values, axis=1)
-    iota = jnp.arange(no, dtype=jnp.int32)
-    best = jnp.min(jnp.where(values == beta[:, None], iota[None, :], no - 1), axis=1)
-    omega = jnp.max(jnp.where(iota[None, :] == best[:, None], _NEG, values), axis=1)
-    bidding = valid & (beta > eps)
-    settling = valid & ~bidding
-    new_profit = jnp.maximum(omega - eps, 0.0)
-    offer = jnp.where(bidding, beta + prices[best] - new_profit, _NEG)
-    top = jnp.full((no,), _NEG, wm.dtype).at[best].max(offer)
-    has_bid = top > _NEG
-    claim = jnp.where(bidding & (offer >= top[best]), idx, nb)
-    winner = jnp.full((no,), nb, jnp.int32).at[best].min(claim)
-    won = bidding & (winner[best] == idx)
+    best, new_profit, settling, top, has_bid, winner, won = _bids(
+        wm[jnp.minimum(idx, nb - 1)] - prices[None, :], prices, eps, valid, idx, nb)
     displaced = (own >= 0) & has_bid[jnp.maximum(own, 0)]
     own = jnp.where(displaced, -1, own)
     own = own.at[jnp.where(won, idx, nb)].set(best, mode="drop")
