@@ -276,6 +276,8 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
     for name in cfg.heuristics:
         methods[name] = {"kind": "heuristic", **mean_metrics(per_hospital[name])}
 
+    # Built once: the FedAvg aggregation chosen by config and its DP record (None without DP).
+    fed_aggregator, privacy = build_aggregator(cfg.aggregator, cfg.num_hospitals, cfg.fed)
     curves = {}
     for i, method in enumerate(cfg.methods):
         saved = ctx.done(method)
@@ -284,15 +286,13 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
             per_hospital.update(saved["per_hospital"])
             curves[method] = np.asarray(saved["curve"], dtype=float)
             continue
-        state, dqn, curve, timing = train_method(method, cfg, env_params,
-                                                 jax.random.fold_in(master, 10 + i), ctx,
-                                                 eval_key=eval_key)
+        state, dqn, curve, timing = train_method(
+            method, cfg, env_params, jax.random.fold_in(master, 10 + i), ctx,
+            aggregator=fed_aggregator if method == "fedavg" else None, eval_key=eval_key)
         compile_s += timing["compile_s"]
         variants = [(method, False)] + ([(f"{method}_personalized", True)]
                                         if method == "fedavg" else [])
         result = {"methods": {}, "per_hospital": {}, "curve": curve.tolist()}
-        privacy = (build_aggregator(cfg.aggregator, cfg.num_hospitals, cfg.fed)[1]
-                   if method == "fedavg" else None)
         for label, personalized in variants:
             params, shared = eval_params(method, state, personalized)
             hosp = evaluate_dqn(dqn, params, env_params, eval_key, cfg.eval_episodes,
@@ -300,7 +300,8 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
             result["per_hospital"][label] = hosp
             result["methods"][label] = {"kind": "dqn", **mean_metrics(hosp),
                                         "aggregator": cfg.aggregator.kind if method == "fedavg"
-                                        else None, "privacy": privacy,
+                                        else None,
+                                        "privacy": privacy if method == "fedavg" else None,
                                         "train_time_s": timing["train_s"],
                                         "compile_time_s": timing["compile_s"]}
         ctx.finish(method, result)

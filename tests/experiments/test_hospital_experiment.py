@@ -49,6 +49,7 @@ def test_resume_after_completion_recomputes_nothing(smoke_run, monkeypatch):
     ("fed.local_steps=-5", "fed.local_steps"),
     ("env.annual_visits=-100", "annual_visits"),
     ("dqn.gamma=2", "dqn.gamma"),
+    ("aggregator.kind=dp", "fed.sampling='poisson'"),
 ])
 def test_bad_config_is_refused_with_the_field_named(assignment, match, tmp_path):
     with pytest.raises(ConfigError, match=match):

@@ -68,7 +68,7 @@ def test_round_global_update_is_weighted_mean_of_party_deltas():
     _, rnd = _round(num_parties=3, min_local_fraction=0.5)
     state = rnd.init(jax.random.key(0))
     before = state.global_params
-    state = jax.tree.map(lambda x: x, state)  # keep `before` alive despite donation
+    # step donates its input: give it a copy so that `before` stays readable.
     new, metrics = rnd.step(jax.tree.map(jnp.copy, state), jax.random.key(5))
     # The parties' stored params are their trained weights; their budgets differ.
     counts = np.asarray(new.parties.steps, dtype=np.float64)
