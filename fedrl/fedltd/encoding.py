@@ -20,6 +20,7 @@ Everything here is pure ``jax.numpy`` on uint32 words, so it runs inside ``jit``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -206,6 +207,13 @@ def lsh_params(key: jax.Array, cfg: LSHConfig) -> LSHParams:
     """Draw the L tables of hash functions. ``"exact"`` gets e2lsh-shaped params it never uses,
     so the protocol's state has one pytree structure whatever the kind."""
     cfg.validate()
+    return _lsh_params(key, cfg)
+
+
+# jit with the config static: one compiled program instead of many small eager ops (this is
+# called eagerly, once per run / per key); inside an outer jit it is simply inlined.
+@functools.partial(jax.jit, static_argnames="cfg")
+def _lsh_params(key: jax.Array, cfg: LSHConfig) -> LSHParams:
     key_a, key_b, key_s = jax.random.split(key, 3)
     num_tables, m, r = cfg.num_tables, cfg.hashes_per_table, cfg.bucket_width_m
     if cfg.kind == "grid":
@@ -221,6 +229,7 @@ def lsh_params(key: jax.Array, cfg: LSHConfig) -> LSHParams:
     return LSHParams(a=a, b=b, secret=jax.random.bits(key_s, (4,), jnp.uint32))
 
 
+@functools.partial(jax.jit, static_argnames="cfg")
 def lsh_buckets(params: LSHParams, x: jax.Array, y: jax.Array, cfg: LSHConfig) -> jax.Array:
     """int32[..., L, m]: the bucket integers floor((a . (x, y) + b) / r) of every table."""
     x = jnp.asarray(x, jnp.float32)[..., None, None]
@@ -260,6 +269,7 @@ def bucket_codes(buckets: jax.Array, secret: jax.Array, code_hash: str = "md5") 
     raise ValueError(f"code_hash must be one of {list(CODE_HASHES)}, got {code_hash!r}")
 
 
+@functools.partial(jax.jit, static_argnames="cfg")   # eager callers get one program, not ~700 ops
 def lsh_codes(params: LSHParams, x: jax.Array, y: jax.Array, cfg: LSHConfig) -> jax.Array:
     """uint32[..., L]: per table, the m integers floor((a . (x, y) + b) / r) hashed to one code.
 

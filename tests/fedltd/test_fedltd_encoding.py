@@ -37,17 +37,17 @@ def test_md5_words_equals_hashlib(jit):
             np.testing.assert_array_equal(got[idx], _hashlib_words(data))
 
 
-def test_md5_words_eager_vmap_and_known_vector():
-    # RFC 1321 test suite: MD5("abc") = 900150983cd24fb0d6963f7d28e17f72 ("abc" + zero byte is a
-    # different message, so use a 4-byte one: "abcd" = e2fc714c4727ee9395f324cd2e7f331f).
-    word = np.frombuffer(b"abcd", "<u4")
-    got = np.asarray(md5_words(jnp.asarray(word))).astype("<u4").tobytes().hex()
-    assert got == "e2fc714c4727ee9395f324cd2e7f331f"
-    words = jnp.asarray(np.random.default_rng(0).integers(0, 2 ** 32, (5, 6), dtype=np.uint32))
+def test_md5_words_known_vector_vmap_and_int32():
+    # Shapes [2, 3, n] like the test above, so the eager uint32 ops are already compiled.
+    # "abcd" (one word): MD5 = e2fc714c4727ee9395f324cd2e7f331f
+    word = np.broadcast_to(np.frombuffer(b"abcd", "<u4"), (2, 3, 1))
+    got = np.asarray(md5_words(jnp.asarray(word)))
+    assert got[1, 2].astype("<u4").tobytes().hex() == "e2fc714c4727ee9395f324cd2e7f331f"
+    words = jnp.asarray(np.random.default_rng(0).integers(0, 2 ** 32, (2, 3, 6), dtype=np.uint32))
     np.testing.assert_array_equal(jax.vmap(md5_words)(words), md5_words(words))
     # int32 words are read as their two's complement bytes
-    np.testing.assert_array_equal(md5_words(jnp.asarray([-1], jnp.int32)),
-                                  _hashlib_words(b"\xff\xff\xff\xff"))
+    minus_one = md5_words(jnp.full((2, 3, 1), -1, jnp.int32))
+    np.testing.assert_array_equal(minus_one[0, 0], _hashlib_words(b"\xff\xff\xff\xff"))
 
 
 def test_md5_words_refuses_more_than_one_block():
@@ -78,7 +78,7 @@ def test_salted_digest_layout_platforms_and_salts():
 
 def test_salted_digest_traced_platform_under_jit_and_vmap():
     salt = batch_salt(jax.random.key(2))
-    ids = jnp.arange(4, dtype=jnp.int32)
+    ids = jnp.arange(6, dtype=jnp.int32).reshape(2, 3)
     per_platform = jax.jit(jax.vmap(lambda k: salted_digest(salt, ids, k)))(jnp.arange(3))
     for k in range(3):
         np.testing.assert_array_equal(per_platform[k], salted_digest(salt, ids, k))
@@ -114,7 +114,8 @@ def test_e2lsh_collision_rate_matches_datar_formula(m):
 
 def test_e2lsh_near_points_collide_in_most_tables_far_points_rarely():
     r = 2000.0
-    cfg = LSHConfig(kind="e2lsh", num_hashes=2, num_tables=16, bucket_width_m=r)
+    cfg = LSHConfig(kind="e2lsh", num_hashes=2, num_tables=16, bucket_width_m=r,
+                    code_hash="mix")
     params = lsh_params(jax.random.key(5), cfg)
     rng = np.random.default_rng(5)
     x, y = rng.uniform(0, 30_000, 200), rng.uniform(0, 34_000, 200)
@@ -130,36 +131,34 @@ def test_e2lsh_near_points_collide_in_most_tables_far_points_rarely():
 
 def test_grid_known_cells_codes_and_shift_probability():
     r = 2000.0
-    for code_hash in ("md5", "mix"):
-        cfg = LSHConfig(kind="grid", num_hashes=5, num_tables=3, bucket_width_m=r,
-                        code_hash=code_hash)
-        params = lsh_params(jax.random.key(3), cfg)
-        assert params.a.shape == (3, 2, 2) and params.b.shape == (3, 2)   # num_hashes ignored
-        np.testing.assert_array_equal(params.b[0], [0.0, 0.0])
-        xs, ys = np.array([2500.0, -1.0, 0.0]), np.array([4700.0, -1.0, 1999.0])
-        buckets = np.asarray(lsh_buckets(params, xs, ys, cfg))[:, 0]
-        np.testing.assert_array_equal(buckets, [[1, 2], [-1, -1], [0, 0]])
-        codes = lsh_codes(params, xs, ys, cfg)
-        np.testing.assert_array_equal(
-            codes, bucket_codes(lsh_buckets(params, xs, ys, cfg), params.secret, code_hash))
-    # keyed MD5 code of table 0, cell (1, 2): MD5(secret || table || 1 || 2), first word
-    cfg_md5 = LSHConfig(kind="grid", num_tables=3, bucket_width_m=r)
-    params_md5 = lsh_params(jax.random.key(3), cfg_md5)
-    data = struct.pack("<7I", *np.asarray(params_md5.secret).tolist(), 0, 1, 2)
-    assert int(lsh_codes(params_md5, 2500.0, 4700.0, cfg_md5)[0]) == _hashlib_words(data)[0]
+    cfg = LSHConfig(kind="grid", num_hashes=5, num_tables=3, bucket_width_m=r)   # keyed MD5
+    params = lsh_params(jax.random.key(3), cfg)
+    assert params.a.shape == (3, 2, 2) and params.b.shape == (3, 2)   # num_hashes ignored
+    np.testing.assert_array_equal(params.b[0], [0.0, 0.0])           # table 0 unshifted
+    xs, ys = np.array([2500.0, -1.0]), np.array([4700.0, -1.0])
+    buckets = lsh_buckets(params, xs, ys, cfg)
+    np.testing.assert_array_equal(buckets[:, 0], [[1, 2], [-1, -1]])
+    codes = lsh_codes(params, xs, ys, cfg)
+    np.testing.assert_array_equal(codes, bucket_codes(buckets, params.secret, "md5"))
+    # code of table 0, cell (1, 2) = first word of MD5(secret || table 0 || 1 || 2)
+    data = struct.pack("<7I", *np.asarray(params.secret).tolist(), 0, 1, 2)
+    assert int(codes[0, 0]) == _hashlib_words(data)[0]
 
-    # two points in the same shifted cell of table t collide there
     cfg = LSHConfig(kind="grid", num_tables=400, bucket_width_m=r, code_hash="mix")
     params = lsh_params(jax.random.key(4), cfg)
     bx, by = np.asarray(params.b[7])
     cx, cy = 5 * r - bx, 3 * r - by              # corner of a cell of table 7
-    codes = lsh_codes(params, np.array([cx + 10, cx + r - 10]), np.array([cy + 5, cy + r - 5]),
-                      cfg)
+    dx, dy = 500.0, 1200.0
+    xs = np.array([cx + 10, cx + r - 10, 10_000.0, 10_000.0 + dx, 0.0])
+    ys = np.array([cy + 5, cy + r - 5, 9_000.0, 9_000.0 + dy, 1999.0])
+    codes = lsh_codes(params, xs, ys, cfg)
+    np.testing.assert_array_equal(lsh_buckets(params, xs, ys, cfg)[4, 0], [0, 0])
+    np.testing.assert_array_equal(codes, bucket_codes(lsh_buckets(params, xs, ys, cfg),
+                                                      params.secret, "mix"))
+    # two points in the same shifted cell of table 7 collide there
     assert int(codes[0, 7]) == int(codes[1, 7])
     # with a uniform shift, offset (dx, dy) collides w.p. (1 - dx/r)(1 - dy/r)
-    dx, dy = 500.0, 1200.0
-    rate = float(collision_count(lsh_codes(params, 10_000.0, 9_000.0, cfg),
-                                 lsh_codes(params, 10_000.0 + dx, 9_000.0 + dy, cfg))) / 400
+    rate = float(collision_count(codes[2], codes[3])) / 400
     assert abs(rate - (1 - dx / r) * (1 - dy / r)) < 0.07
 
 
@@ -178,7 +177,8 @@ def test_lsh_quality_matches_bruteforce_numpy():
     xb, yb = rng.uniform(0, 8000, 50), rng.uniform(0, 8000, 50)
     radius = 1500.0
     for kind in ("e2lsh", "grid"):
-        cfg = LSHConfig(kind=kind, num_hashes=2, num_tables=3, bucket_width_m=1500.0)
+        cfg = LSHConfig(kind=kind, num_hashes=2, num_tables=3, bucket_width_m=1500.0,
+                        code_hash="mix")
         params = lsh_params(jax.random.key(12), cfg)
         got = lsh_quality(params, cfg, xa, ya, xb, yb, radius)
         # independent recomputation from the raw hash functions, comparing bucket tuples
