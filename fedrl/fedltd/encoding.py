@@ -275,6 +275,7 @@ def lsh_codes(params: LSHParams, x: jax.Array, y: jax.Array, cfg: LSHConfig) -> 
 
     x, y in metres, any (equal or broadcastable) leading shape. Distinct m-tuples collide with
     probability about 2^-32 (a 32-bit keyed hash), negligible next to the LSH's own false pairs.
+    Padded slots get codes like any point: the protocol must mask them out of the candidates.
     """
     if cfg.kind == "exact":
         raise ConfigError("kind='exact' has no hash codes: the server compares true distances "
