@@ -371,7 +371,8 @@ def account(state: SimState, cfg: SimConfig) -> SimState:
 def dispatch_batch(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
     """First half of a batch, up to the residual graph: events, local matching, TD(0).
 
-    Returns (state, BatchLog without its closing fields, now). Between this and
+    Returns (state, BatchLog without its closing fields, now, the local Assignment per pending
+    slot (valid before the assigned orders left the pool)). Between this and
     :func:`close_batch` the state's residual graph (:func:`residual_graph`) is what a
     second-stage (cross-platform) matching may still use.
     """
@@ -394,7 +395,7 @@ def dispatch_batch(state: SimState, events: BatchEvents, key, t_start, cfg: SimC
                    matched=jnp.sum(assignment.driver >= 0), revenue=revenue_before, total=total,
                    exact=exact, rows=jnp.sum(jnp.any(graph.mask, axis=1)),
                    cols=jnp.sum(graph.col_driver >= 0))
-    return state, log, now
+    return state, log, now, assignment
 
 
 def close_batch(state: SimState, log: BatchLog, now, cfg: SimConfig):
@@ -411,7 +412,7 @@ def close_batch(state: SimState, log: BatchLog, now, cfg: SimConfig):
 
 def step(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
     """One batch of single-platform dispatch -> (state, BatchLog)."""
-    state, log, now = dispatch_batch(state, events, key, t_start, cfg)
+    state, log, now, _ = dispatch_batch(state, events, key, t_start, cfg)
     return close_batch(state, log, now, cfg)
 
 
