@@ -112,3 +112,18 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
                   order_share=(np.bincount(op, minlength=K) / max(len(op), 1)).tolist(),
                   driver_share=(np.bincount(dp, minlength=K) / max(len(dp), 1)).tolist(),
                   train_eval_same_day=bool(leak))
+
+
+def pad_together(stacks: list) -> list:
+    """Pad several stacked days ([K_i] leading axis each, same number of batches) to common
+    shapes, so that seeds and settings share one compiled program; returns them in order."""
+    import jax
+    counts = [int(s.driver_x.shape[0]) for s in stacks]
+    flat = [jax.tree.map(lambda a, k=k: a[k], s) for s, n in zip(stacks, counts)
+            for k in range(n)]
+    stacked = stack_days(flat)
+    out, start = [], 0
+    for n in counts:
+        out.append(jax.tree.map(lambda a, s=start, n=n: a[s:s + n], stacked))
+        start += n
+    return out

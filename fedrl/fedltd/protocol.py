@@ -98,9 +98,35 @@ class CrossLog:
 
 
 @struct.dataclass
+class Knobs:
+    """Run-time (traced) switches, so that ablations share one compiled day: they can turn
+    off what the static :class:`FedLTDConfig` compiled in, and set the privacy budget."""
+    share_models: jnp.ndarray     # bool[]
+    share_decisions: jnp.ndarray  # bool[]
+    epsilon_p: jnp.ndarray        # f32[] (inf: no noise)
+
+    @classmethod
+    def of(cls, fcfg: FedLTDConfig, **overrides) -> "Knobs":
+        values = dict(share_models=fcfg.share_models, share_decisions=fcfg.share_decisions,
+                      epsilon_p=fcfg.epsilon_p)
+        unknown = set(overrides) - set(values)
+        if unknown:
+            raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(values)}")
+        values.update(overrides)
+        if not float(values["epsilon_p"]) > 0:
+            from fedrl.config import ConfigError
+            raise ConfigError(f"epsilon_p must be > 0 (inf for no noise), got "
+                              f"{values['epsilon_p']!r}")
+        return cls(share_models=jnp.asarray(bool(values["share_models"])),
+                   share_decisions=jnp.asarray(bool(values["share_decisions"])),
+                   epsilon_p=jnp.asarray(float(values["epsilon_p"]), jnp.float32))
+
+
+@struct.dataclass
 class FedLTDState:
     sim: SimState            # leading platform axis K
     lsh: encoding.LSHParams  # shared by the platforms for the day
+    knobs: Knobs
 
 
 @struct.dataclass
@@ -137,25 +163,30 @@ def listed_drivers(state: SimState, limit: int):
 
 
 def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParams, key,
-                    cfg: SimConfig, fcfg: FedLTDConfig):
+                    cfg: SimConfig, fcfg: FedLTDConfig, epsilon=None):
     """EncodeRBG of one platform -> (OrderMessage, DriverMessage, sent driver ids, overflow).
 
     The order weights are clipped to [weight_lower, weight_upper] and released with
-    Laplace(Delta / eps_p) noise (eps_p = inf: clipped only).
+    Laplace(Delta / eps_p) noise (eps_p = inf: clipped only); ``epsilon`` (traced) overrides
+    ``fcfg.epsilon_p``.
     """
     p = state.pending
     d = state.drivers
-    ids, overflow = listed_drivers(state, fcfg.max_residual_drivers)
+    # never more slots than the platform has drivers (static)
+    ids, overflow = listed_drivers(state, min(fcfg.max_residual_drivers, d.x.shape[0]))
     safe = jnp.maximum(ids, 0)
     if fcfg.lsh.kind == "exact":  # oracle mode: the server uses true distances, no codes
         codes = lambda x, y: jnp.zeros(x.shape + (fcfg.lsh.num_tables,), jnp.uint32)
     else:
         codes = lambda x, y: encoding.lsh_codes(lsh, x, y, fcfg.lsh)
     w = order_weights(state, now, cfg)
-    if fcfg.noisy:
-        w = laplace_release(key, w, fcfg.epsilon_p, fcfg.weight_lower, fcfg.weight_upper)
+    eps = fcfg.epsilon_p if epsilon is None else epsilon
+    clipped = jnp.clip(w, fcfg.weight_lower, fcfg.weight_upper)
+    if isinstance(eps, float) and not fcfg.noisy:
+        w = clipped
     else:
-        w = jnp.clip(w, fcfg.weight_lower, fcfg.weight_upper)
+        noisy = laplace_release(key, w, eps, fcfg.weight_lower, fcfg.weight_upper)
+        w = jnp.where(jnp.isfinite(eps), noisy, clipped)
     orders = OrderMessage(
         digest=encoding.salted_digest(salt, p.order, platform),
         codes=codes(p.ox, p.oy), weight=jnp.where(p.valid, w, 0.0), valid=p.valid)
@@ -324,25 +355,25 @@ def oracle_weights(sim: SimState, dist, driver_xy, now, cfg: SimConfig):
 
 
 def encode_all(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
-               fcfg: FedLTDConfig):
+               fcfg: FedLTDConfig, epsilon=None):
     """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], overflow
     [K]). ``key`` gives the batch's salt (shared by the platforms) and their noise."""
     K = sim.pending.valid.shape[0]
     k_salt, k_noise = jax.random.split(key)
     salt = encoding.batch_salt(k_salt)
     orders, drivers, sent_ids, overflow = jax.vmap(
-        lambda s, k, kk: encode_residual(s, k, now, salt, lsh, kk, cfg, fcfg))(
+        lambda s, k, kk: encode_residual(s, k, now, salt, lsh, kk, cfg, fcfg, epsilon))(
         sim, jnp.arange(K), jax.random.split(k_noise, K))
     return ServerView(orders=orders, drivers=drivers), sent_ids, overflow
 
 
 def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
-                   fcfg: FedLTDConfig):
+                   fcfg: FedLTDConfig, epsilon=None):
     """Step 3 for all platforms: encode, server matching, decode, execute
     -> (sim, CrossLog, CrossPairs)."""
     K, P = sim.pending.valid.shape
     k_encode, k_exec = jax.random.split(key)
-    view, sent_ids, overflow = encode_all(sim, lsh, k_encode, now, cfg, fcfg)
+    view, sent_ids, overflow = encode_all(sim, lsh, k_encode, now, cfg, fcfg, epsilon)
     dist, driver_xy = cross_distances(sim, sent_ids, cfg)
     oracle = None
     if fcfg.lsh.kind == "exact":
@@ -368,10 +399,12 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
 # ------------------------------------------------------------------------------ the day
 
 
-def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig) -> FedLTDState:
+def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig,
+                knobs: Knobs | None = None) -> FedLTDState:
     """Fresh platforms ([K] stacked days and value tables) and the day's LSH parameters."""
     sim = jax.vmap(lambda d, v: init_state(d, cfg, v))(days, values)
-    return FedLTDState(sim=sim, lsh=encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh))
+    return FedLTDState(sim=sim, lsh=encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh),
+                       knobs=Knobs.of(fcfg) if knobs is None else knobs)
 
 
 @struct.dataclass
@@ -403,7 +436,8 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     # step 2 at batch 0 (the pretrained tables), then every aggregation_period batches; one
     # platform has nothing to aggregate with (and skipping keeps it exactly single-platform)
     share_models = fcfg.share_models and K > 1
-    aggregate = (batch % fcfg.aggregation_period == 0) if share_models else jnp.array(False)
+    aggregate = ((batch % fcfg.aggregation_period == 0) & state.knobs.share_models
+                 if share_models else jnp.array(False))
     if share_models:
         value = jax.lax.cond(
             aggregate, lambda v: aggregate_models(v, sim.totals.arrived, k_model, fcfg),
@@ -418,9 +452,11 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
 
     if fcfg.share_decisions and K > 1:
         w = jax.vmap(lambda s: order_weights(s, now, cfg))(sim)
-        worth = jnp.any(sim.pending.valid & ((w > fcfg.weight_lower) | fcfg.noisy))
+        eps = state.knobs.epsilon_p
+        worth = state.knobs.share_decisions & jnp.any(
+            sim.pending.valid & ((w > fcfg.weight_lower) | jnp.isfinite(eps)))
         sim, cross, pairs = jax.lax.cond(
-            worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg),
+            worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg, eps),
             lambda s: (s, CrossLog.zeros(), CrossPairs.none(K * P)), sim)
     else:
         cross, pairs = CrossLog.zeros(), CrossPairs.none(K * P)
@@ -446,9 +482,13 @@ def simulate_fedltd_day(state: FedLTDState, days: DayData, keys, protocol_key,
 
 @functools.partial(jax.jit, static_argnames=("cfg", "fcfg"))
 def run_fedltd(days: DayData, keys, protocol_key, cfg: SimConfig, fcfg: FedLTDConfig,
-               values=None):
-    """Jitted Fed-LTD day of K platforms (leading axis of ``days``, ``keys``, ``values``)."""
+               values=None, knobs: Knobs | None = None):
+    """Jitted Fed-LTD day of K platforms (leading axis of ``days``, ``keys``, ``values``).
+
+    ``knobs`` (:meth:`Knobs.of`) switch model/decision sharing off and set eps_p at run time:
+    one compiled program serves every such ablation.
+    """
     if values is None:
         values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)
-    state = init_fedltd(days, values, protocol_key, cfg, fcfg)
+    state = init_fedltd(days, values, protocol_key, cfg, fcfg, knobs)
     return simulate_fedltd_day(state, days, keys, protocol_key, cfg, fcfg)

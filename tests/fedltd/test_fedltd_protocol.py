@@ -282,3 +282,15 @@ def test_two_stage_matching_is_valid_and_never_beats_the_global_optimum(traced):
         total = W[pr, pc].sum()
         assert total <= optimum + 1e-3 * max(1.0, optimum), (b, total, optimum)
     assert batches_with_cross > 0
+
+
+def test_run_time_knobs_equal_static_configs(market):
+    """Ablations through Knobs (one compiled day) equal the statically configured ones."""
+    keys, pk = _keys(3)
+    static = dataclasses.replace(FED, share_decisions=False, epsilon_p=math.inf)
+    a, _ = protocol.run_fedltd(market.days, keys, pk, CFG, static, market.values)
+    knobs = protocol.Knobs.of(FED, share_decisions=False, epsilon_p=math.inf)
+    b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values, knobs)
+    assert _tree_equal(a.sim, b.sim)
+    with pytest.raises(ValueError, match="epsilon_p"):
+        protocol.Knobs.of(FED, epsilon_p=0.0)
