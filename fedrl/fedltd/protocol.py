@@ -37,7 +37,7 @@ from flax import struct
 from fedrl.dispatch import dispatchers
 from fedrl.dispatch.schedule import DayData
 from fedrl.dispatch.simulator import (close_batch, dispatch_batch, dispatch_drivers,
-                                      init_state, residual_graph, serve_orders)
+                                      init_state, prefix_count, residual_graph, serve_orders)
 from fedrl.dispatch.types import BatchLog, Candidates, SimConfig, SimState
 from fedrl.dispatch.value import init_value
 from fedrl.dispatch.weights import cancel_probability, edge_weights, order_advantage
@@ -127,6 +127,7 @@ class FedLTDState:
     sim: SimState            # leading platform axis K
     lsh: encoding.LSHParams  # shared by the platforms for the day
     knobs: Knobs
+    codes: DriverCodes       # [K] each platform's cache of its drivers' LSH codes
 
 
 @struct.dataclass
@@ -162,23 +163,70 @@ def listed_drivers(state: SimState, limit: int):
     return ids, jnp.sum(listed) - jnp.sum(keep)
 
 
+@struct.dataclass
+class DriverCodes:
+    """A platform's cache of its drivers' LSH codes [D, L] and the positions they hash.
+
+    A driver only moves when dispatched, so re-hashing every idle driver in every batch
+    (L MD5 blocks each) would cost most of a batch; :func:`refresh_codes` re-hashes the few
+    drivers that moved since the last batch.
+    """
+    codes: jnp.ndarray  # u32[D, L]
+    x: jnp.ndarray      # f32[D]
+    y: jnp.ndarray
+
+
+def _codes_fn(lsh: encoding.LSHParams, fcfg: FedLTDConfig):
+    if fcfg.lsh.kind == "exact":  # oracle mode: the server uses true distances, no codes
+        return lambda x, y: jnp.zeros(x.shape + (fcfg.lsh.num_tables,), jnp.uint32)
+    return lambda x, y: encoding.lsh_codes(lsh, x, y, fcfg.lsh)
+
+
+def init_codes(drivers, lsh: encoding.LSHParams, fcfg: FedLTDConfig) -> DriverCodes:
+    return DriverCodes(codes=_codes_fn(lsh, fcfg)(drivers.x, drivers.y), x=drivers.x,
+                       y=drivers.y)
+
+
+def refresh_codes(cache: DriverCodes, drivers, lsh: encoding.LSHParams,
+                  fcfg: FedLTDConfig) -> DriverCodes:
+    """Re-hash up to ``code_refresh`` drivers whose position changed (the rest next batch;
+    until then :func:`encode_residual` does not send them)."""
+    moved = (drivers.x != cache.x) | (drivers.y != cache.y)
+    cap = min(fcfg.code_refresh, moved.shape[0])
+    rank = dispatchers.prefix_count(moved) - 1
+    keep = moved & (rank < cap)
+    D = moved.shape[0]
+    ids = jnp.full((cap,), -1, jnp.int32).at[jnp.where(keep, rank, cap)].set(
+        jnp.arange(D, dtype=jnp.int32), mode="drop")
+    safe = jnp.maximum(ids, 0)
+    x, y = drivers.x[safe], drivers.y[safe]
+    tgt = jnp.where(ids >= 0, ids, D)
+    return DriverCodes(codes=cache.codes.at[tgt].set(_codes_fn(lsh, fcfg)(x, y), mode="drop"),
+                       x=cache.x.at[tgt].set(x, mode="drop"),
+                       y=cache.y.at[tgt].set(y, mode="drop"))
+
+
 def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParams, key,
-                    cfg: SimConfig, fcfg: FedLTDConfig, epsilon=None):
+                    cfg: SimConfig, fcfg: FedLTDConfig, epsilon=None,
+                    cache: DriverCodes | None = None):
     """EncodeRBG of one platform -> (OrderMessage, DriverMessage, sent driver ids, overflow).
 
     The order weights are clipped to [weight_lower, weight_upper] and released with
     Laplace(Delta / eps_p) noise (eps_p = inf: clipped only); ``epsilon`` (traced) overrides
-    ``fcfg.epsilon_p``.
+    ``fcfg.epsilon_p``. Driver codes come from ``cache`` when given (drivers whose cached
+    position is stale are not sent this batch), else are computed here.
     """
     p = state.pending
     d = state.drivers
     # never more slots than the platform has drivers (static)
     ids, overflow = listed_drivers(state, min(fcfg.max_residual_drivers, d.x.shape[0]))
     safe = jnp.maximum(ids, 0)
-    if fcfg.lsh.kind == "exact":  # oracle mode: the server uses true distances, no codes
-        codes = lambda x, y: jnp.zeros(x.shape + (fcfg.lsh.num_tables,), jnp.uint32)
+    codes = _codes_fn(lsh, fcfg)
+    if cache is None:
+        driver_codes, fresh = codes(d.x[safe], d.y[safe]), True
     else:
-        codes = lambda x, y: encoding.lsh_codes(lsh, x, y, fcfg.lsh)
+        driver_codes = cache.codes[safe]
+        fresh = (cache.x[safe] == d.x[safe]) & (cache.y[safe] == d.y[safe])
     w = order_weights(state, now, cfg)
     eps = fcfg.epsilon_p if epsilon is None else epsilon
     clipped = jnp.clip(w, fcfg.weight_lower, fcfg.weight_upper)
@@ -190,10 +238,10 @@ def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParam
     orders = OrderMessage(
         digest=encoding.salted_digest(salt, p.order, platform),
         codes=codes(p.ox, p.oy), weight=jnp.where(p.valid, w, 0.0), valid=p.valid)
+    sent = (ids >= 0) & fresh
     drivers = DriverMessage(digest=encoding.salted_digest(salt, ids, platform),
-                            codes=codes(d.x[safe], d.y[safe]),
-                            valid=ids >= 0)
-    return orders, drivers, ids, overflow
+                            codes=driver_codes, valid=sent)
+    return orders, drivers, jnp.where(sent, ids, -1), overflow + jnp.sum((ids >= 0) & ~sent)
 
 
 def server_config(cfg: SimConfig, fcfg: FedLTDConfig, num_orders: int) -> SimConfig:
@@ -206,6 +254,25 @@ def server_config(cfg: SimConfig, fcfg: FedLTDConfig, num_orders: int) -> SimCon
 
 def _flat(x):
     return x.reshape((-1,) + x.shape[2:])
+
+
+def _most_colliding(hits, k: int, num_tables: int):
+    """Per row, the ``k`` columns with the most colliding tables (ties: lower index first)
+    -> (columns i32[N, k], mask). Collision counts are small integers, so ranks come from one
+    running count per level instead of ``lax.top_k`` (slow on CPU inside a scan)."""
+    N, M = hits.shape
+    rank = jnp.zeros((N, M), jnp.int32)
+    above = jnp.zeros((N,), jnp.int32)
+    for level in range(num_tables, 0, -1):
+        at = hits == level
+        rank = jnp.where(at, above[:, None] + prefix_count(at, axis=1) - 1, rank)
+        above = above + jnp.sum(at, axis=1)
+    keep = (hits > 0) & (rank < k)
+    rows = jnp.broadcast_to(jnp.arange(N)[:, None], (N, M))
+    cols = jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32)[None, :], (N, M))
+    idx = jnp.zeros((N, k), jnp.int32).at[jnp.where(keep, rows, N), rank].set(cols, mode="drop")
+    mask = jnp.zeros((N, k), bool).at[jnp.where(keep, rows, N), rank].set(True, mode="drop")
+    return idx, mask
 
 
 def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=None):
@@ -237,8 +304,11 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
         cand = allowed & (dist <= scfg.radius_m)
         score = jnp.where(cand, -dist, -jnp.inf)
     k = min(fcfg.server_k, cand.shape[1])
-    _, idx = jax.lax.top_k(score, k)  # ties: lower index first
-    mask = jnp.take_along_axis(cand, idx, axis=1)
+    if oracle is None:
+        idx, mask = _most_colliding(jnp.where(cand, hits, 0), k, fcfg.lsh.num_tables)
+    else:
+        _, idx = jax.lax.top_k(score, k)  # ties: lower index first
+        mask = jnp.take_along_axis(cand, idx, axis=1)
     cands = Candidates(driver=jnp.where(mask, idx, -1).astype(jnp.int32),
                        dist=jnp.where(mask, jnp.take_along_axis(dist, idx, axis=1), 0.0),
                        mask=mask)
@@ -355,25 +425,25 @@ def oracle_weights(sim: SimState, dist, driver_xy, now, cfg: SimConfig):
 
 
 def encode_all(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
-               fcfg: FedLTDConfig, epsilon=None):
+               fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
     """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], overflow
     [K]). ``key`` gives the batch's salt (shared by the platforms) and their noise."""
     K = sim.pending.valid.shape[0]
     k_salt, k_noise = jax.random.split(key)
     salt = encoding.batch_salt(k_salt)
     orders, drivers, sent_ids, overflow = jax.vmap(
-        lambda s, k, kk: encode_residual(s, k, now, salt, lsh, kk, cfg, fcfg, epsilon))(
-        sim, jnp.arange(K), jax.random.split(k_noise, K))
+        lambda s, k, kk, c: encode_residual(s, k, now, salt, lsh, kk, cfg, fcfg, epsilon, c))(
+        sim, jnp.arange(K), jax.random.split(k_noise, K), cache)
     return ServerView(orders=orders, drivers=drivers), sent_ids, overflow
 
 
 def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
-                   fcfg: FedLTDConfig, epsilon=None):
+                   fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
     """Step 3 for all platforms: encode, server matching, decode, execute
     -> (sim, CrossLog, CrossPairs)."""
     K, P = sim.pending.valid.shape
     k_encode, k_exec = jax.random.split(key)
-    view, sent_ids, overflow = encode_all(sim, lsh, k_encode, now, cfg, fcfg, epsilon)
+    view, sent_ids, overflow = encode_all(sim, lsh, k_encode, now, cfg, fcfg, epsilon, cache)
     dist, driver_xy = cross_distances(sim, sent_ids, cfg)
     oracle = None
     if fcfg.lsh.kind == "exact":
@@ -403,8 +473,10 @@ def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig,
                 knobs: Knobs | None = None) -> FedLTDState:
     """Fresh platforms ([K] stacked days and value tables) and the day's LSH parameters."""
     sim = jax.vmap(lambda d, v: init_state(d, cfg, v))(days, values)
-    return FedLTDState(sim=sim, lsh=encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh),
-                       knobs=Knobs.of(fcfg) if knobs is None else knobs)
+    lsh = encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh)
+    codes = jax.vmap(lambda d: init_codes(d, lsh, fcfg))(sim.drivers)
+    return FedLTDState(sim=sim, lsh=lsh, knobs=Knobs.of(fcfg) if knobs is None else knobs,
+                       codes=codes)
 
 
 @struct.dataclass
@@ -450,19 +522,22 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     now = now[0]
     residual = sim
 
+    codes = state.codes
     if fcfg.share_decisions and K > 1:
+        codes = jax.vmap(lambda c, d: refresh_codes(c, d, state.lsh, fcfg))(codes, sim.drivers)
         w = jax.vmap(lambda s: order_weights(s, now, cfg))(sim)
         eps = state.knobs.epsilon_p
         worth = state.knobs.share_decisions & jnp.any(
             sim.pending.valid & ((w > fcfg.weight_lower) | jnp.isfinite(eps)))
         sim, cross, pairs = jax.lax.cond(
-            worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg, eps),
+            worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg, eps,
+                                            codes),
             lambda s: (s, CrossLog.zeros(), CrossPairs.none(K * P)), sim)
     else:
         cross, pairs = CrossLog.zeros(), CrossPairs.none(K * P)
 
     sim, local = jax.vmap(lambda s, lg: close_batch(s, lg, now, cfg))(sim, local)
-    out = (state.replace(sim=sim), FedLTDLog(local=local, cross=cross, aggregated=aggregate))
+    out = (state.replace(sim=sim, codes=codes), FedLTDLog(local=local, cross=cross, aggregated=aggregate))
     if trace:
         return out + (BatchTrace(value=used_value, local_driver=assignment.driver,
                                  residual=residual, now=now, cross=pairs),)

@@ -2,7 +2,6 @@
 against scipy's exact matching, secure model aggregation, Laplace noise, and per-batch
 validity of the two-stage matching against the global one-shot optimum."""
 import dataclasses
-import functools
 import math
 
 import jax
@@ -15,7 +14,6 @@ from fedrl.data.city import CityConfig
 from fedrl.dispatch.simulator import (advance_time, arrive_orders, now_of, run_day,
                                       run_platforms)
 from fedrl.dispatch.types import IDLE, SimConfig
-from fedrl.dispatch.weights import edge_weights
 from fedrl.fedltd import protocol
 from fedrl.fedltd.config import FedLTDConfig
 from fedrl.fedltd.encoding import LSHConfig
@@ -294,3 +292,32 @@ def test_run_time_knobs_equal_static_configs(market):
     assert _tree_equal(a.sim, b.sim)
     with pytest.raises(ValueError, match="epsilon_p"):
         protocol.Knobs.of(FED, epsilon_p=0.0)
+
+
+def test_most_colliding_matches_a_stable_sort():
+    rng = np.random.default_rng(0)
+    hits = rng.integers(0, 5, size=(7, 40))
+    idx, mask = protocol._most_colliding(jnp.asarray(hits), 6, 4)
+    for r in range(7):
+        order = sorted((-h, c) for c, h in enumerate(hits[r]) if h > 0)[:6]
+        want = [c for _, c in order]
+        got = np.asarray(idx[r])[np.asarray(mask[r])].tolist()
+        assert got == want
+
+
+def test_code_cache_tracks_moves_and_refreshes_at_most_the_cap():
+    fcfg = dataclasses.replace(FED, code_refresh=3)
+    lsh = protocol.encoding.lsh_params(jax.random.PRNGKey(0), fcfg.lsh)
+    x = jnp.linspace(100.0, 9_000.0, 10)
+    drivers = type("D", (), {})()
+    drivers.x, drivers.y = x, x[::-1]
+    cache = protocol.init_codes(drivers, lsh, fcfg)
+    moved = type("D", (), {})()
+    moved.x, moved.y = x.at[jnp.array([1, 4, 6, 8])].add(3_000.0), drivers.y
+    cache = protocol.refresh_codes(cache, moved, lsh, fcfg)
+    direct = np.asarray(protocol.encoding.lsh_codes(lsh, moved.x, moved.y, fcfg.lsh))
+    fresh = np.asarray(cache.x == moved.x)
+    assert fresh.tolist() == [i not in (8,) for i in range(10)]   # cap 3: driver 8 waits
+    np.testing.assert_array_equal(np.asarray(cache.codes)[fresh], direct[fresh])
+    cache = protocol.refresh_codes(cache, moved, lsh, fcfg)
+    np.testing.assert_array_equal(np.asarray(cache.codes), direct)
