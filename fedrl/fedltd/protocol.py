@@ -502,7 +502,8 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     sim = state.sim
     K, P = sim.pending.valid.shape
     batch = sim.batch[0]
-    key = jax.random.fold_in(protocol_key, batch)
+    # fold_in(protocol_key, 0) is the day's LSH key; batches draw from fold_in(., 1)
+    key = jax.random.fold_in(jax.random.fold_in(protocol_key, 1), batch)
     k_model, k_decision = jax.random.split(key)
 
     # step 2 at batch 0 (the pretrained tables), then every aggregation_period batches; one
