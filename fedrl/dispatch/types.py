@@ -60,6 +60,24 @@ class SimConfig:
     gamma: float = 0.9
     alpha: float = 0.025
     td_online: bool = True           # online TD(0) during the day (learning-to-dispatch only)
+    # Discount of an unmatched candidate's TD target: "elapsed" = gamma ** (batch_s / slot_s)
+    # (gamma is per slot; a batch is 2 s) or "slot" = gamma per batch (the previous rule, which
+    # shrinks V of cells with idle drivers by alpha * 10 % every batch) [see docs/dispatch.md].
+    td_idle_discount: Literal["elapsed", "slot"] = "elapsed"
+    # Offline evaluation: states (slot, cell) without any trip take the count-weighted mean of
+    # visited cells up to this many hexagon rings away (0: they stay 0, i.e. "worthless"), and
+    # if still unvisited the slot's count-weighted mean (value_fill_slot_mean) [reconstructed].
+    value_fill_rings: int = 2
+    value_fill_slot_mean: bool = True
+    # Offline evaluation: replace each visited state's mean by the count-weighted mean over the
+    # cell and its neighbours, this many times (0: off) [reconstructed].
+    value_smooth_rings: int = 1
+    # Offline evaluation: driver time between two trips (idle wait + drive to the pick-up), a
+    # discount gamma ** (value_gap_s / slot_s) on each trip's target, so that V is the value of
+    # an *idle* driver rather than of one whose next trip starts at once (0: trips only, which
+    # overestimates V by ~1.5x in the quick city and makes LTD refuse most orders)
+    # [reconstructed; measured pick-up + idle time per trip: 10-13 min, docs/dispatch.md].
+    value_gap_s: float = 600.0
     # local dispatch
     dispatcher: Literal["nearest", "myopic", "ltd"] = "ltd"
     matcher: Literal["auction", "hungarian", "greedy"] = "auction"
@@ -83,6 +101,13 @@ class SimConfig:
         require_in_range("sim.cancel_p_ref", self.cancel_p_ref, 0.0, 1.0, low_open=True)
         require(self.cancel_p0 > 0 or self.cancel_p_ref == 0,
                 "sim.cancel_p0 must be > 0 for the exponential cancellation curve")
+        require(isinstance(self.value_fill_rings, int) and self.value_fill_rings >= 0,
+                f"sim.value_fill_rings must be an integer >= 0, got {self.value_fill_rings!r}")
+        require(self.value_gap_s >= 0, f"sim.value_gap_s must be >= 0, got {self.value_gap_s!r}")
+        require(isinstance(self.value_smooth_rings, int) and self.value_smooth_rings >= 0,
+                f"sim.value_smooth_rings must be an integer >= 0, got {self.value_smooth_rings!r}")
+        require(self.td_idle_discount in ("elapsed", "slot"),
+                f"sim.td_idle_discount must be elapsed or slot, got {self.td_idle_discount!r}")
         require_in_range("sim.gamma", self.gamma, 0.0, 1.0)
         require_in_range("sim.alpha", self.alpha, 0.0, 1.0)
         require(self.bucket_cell_m >= self.radius_m,
