@@ -50,6 +50,9 @@ class SimConfig:
     # Smaller (rows, columns) shapes tried first: the matcher runs on the smallest one that
     # holds the batch (lax.switch), since matcher cost grows steeply with the padded size.
     size_classes: tuple = ((8, 24), (16, 48))
+    # Pending-order classes of the candidate search (lax.switch on the number of valid pending
+    # orders, like size_classes for the matcher); () searches all max_pending slots.
+    candidate_classes: tuple = (8, 16)
     bucket_cell_m: float = 2_000.0   # spatial index cell; >= radius so 3x3 cells suffice
     bucket_slots: int = 96           # idle drivers listed per bucket cell
     calendar_batches: int = 6_000    # ring length in batches (> longest pick-up + trip)
@@ -124,6 +127,8 @@ class SimConfig:
         require(all(len(c) == 2 and int(c[0]) >= 1 and int(c[1]) >= 1
                     for c in self.size_classes),
                 f"sim.size_classes must be (rows, columns) pairs >= 1, got {self.size_classes}")
+        require(all(isinstance(c, int) and c >= 1 for c in self.candidate_classes),
+                f"sim.candidate_classes must be integers >= 1, got {self.candidate_classes}")
         require(self.k_nearest <= 9 * self.bucket_slots,
                 f"sim.k_nearest ({self.k_nearest}) exceeds the candidates a 3x3 bucket block holds")
 
@@ -142,6 +147,12 @@ class SimConfig:
         top = (min(self.max_rows, self.max_pending), self.max_columns)
         small = sorted({(min(int(r), top[0]), min(int(c), top[1])) for r, c in self.size_classes})
         return tuple(s for s in small if s != top) + (top,)
+
+    @property
+    def pending_sizes(self) -> tuple:
+        """Increasing pending-row classes of the candidate search, ending with max_pending."""
+        small = sorted({min(int(r), self.max_pending) for r in self.candidate_classes})
+        return tuple(r for r in small if r != self.max_pending) + (self.max_pending,)
 
     @property
     def num_slots(self) -> int:

@@ -84,6 +84,17 @@ def test_candidate_edges_are_the_k_nearest_idle_drivers(mid_state):
     assert not np.asarray(cands.mask)[~p.valid].any()
 
 
+@pytest.mark.parametrize("classes", [(2,), (4, 8), (6,)])
+def test_candidate_classes_give_the_full_search(mid_state, classes):
+    """The pending-count switch of candidate_edges equals searching every pending slot."""
+    state, _ = mid_state
+    full = _cands(state, dataclasses.replace(SMALL, candidate_classes=()))
+    got = _cands(state, dataclasses.replace(SMALL, candidate_classes=classes))
+    assert int(np.sum(np.asarray(state.pending.valid))) == 6  # class 2 overflows, 6 is exact
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_edge_weights_match_numpy(mid_state):
     state, now = mid_state
     cands = _cands(state, SMALL)
