@@ -13,10 +13,17 @@ Two learners, both offered (shared/spec/fedltd.md step 1):
   Because every trip moves forward by >= 1 slot, the sequential 1/N updates of one slot equal
   the batch mean ``(N V + sum targets) / (N + n)``, which is what the code computes.
   Only trips are used (Xu et al. also use idle driver transitions, which GAIA order files do
-  not contain) [reconstructed].
+  not contain) [reconstructed]; three corrections stand in for them (``SimConfig``; all 0 /
+  False give the plain trip evaluation): ``value_gap_s`` discounts each target by the driver
+  time between trips (idle wait + pick-up), so that V is the value of an *idle* driver;
+  ``value_smooth_rings`` averages each state with its neighbouring cells (count-weighted);
+  ``value_fill_rings`` / ``value_fill_slot_mean`` give states without trips the value of
+  nearby visited ones instead of 0. See docs/dispatch.md for the measurements behind them.
 * :func:`td0_update` -- the online TD(0) rule of the KDD Cup 2020 code used by Fed-LTD
   (alpha = 0.025): a matched driver's ``V(loc) += alpha * w(u, v)`` with w the edge weight
-  (advantage), an unmatched candidate driver's ``V(loc) += alpha * (gamma V(loc) - V(loc))``.
+  (advantage), an unmatched candidate driver's ``V(loc) += alpha * (g V(loc) - V(loc))`` with
+  ``g = gamma ** (batch_s / slot_s)`` the discount of the 2-s batch it waited (gamma is per
+  10-minute slot; ``td_idle_discount="slot"`` keeps the first version's ``g = gamma``).
   Updates of one batch are synchronous: all increments use V before the batch and add up when
   several drivers share a cell [reconstructed]. Only drivers that were candidates in the batch
   are updated as "unmatched" [reconstructed: idle drivers without any order nearby carry no
