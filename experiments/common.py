@@ -136,6 +136,8 @@ def parse_args(experiment: Experiment, argv: list[str] | None) -> argparse.Names
     parser.add_argument("--seed", type=int, default=0, help="master PRNG seed")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config field (repeatable)")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="real data files (e.g. GAIA order_*): same as --set data_dir=DIR")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out from its checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -169,9 +171,10 @@ def execute(experiment: Experiment, preset: str, out: str | Path, seed: int, *,
 
 def main(experiment: Experiment, argv: list[str] | None = None) -> int:
     args = parse_args(experiment, argv)
+    overrides = list(args.overrides) + ([f"data_dir={args.data}"] if args.data else [])
     try:
         results = execute(experiment, args.preset, args.out, args.seed,
-                          overrides=args.overrides, resume=args.resume,
+                          overrides=overrides, resume=args.resume,
                           progress=not args.no_progress)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

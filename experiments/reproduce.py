@@ -17,7 +17,7 @@ from fedrl.config import ConfigError
 from fedrl.results import atomic_write_text
 
 # In the order a reader meets them in the README.
-EXPERIMENTS = ("hospital", "privacy_utility", "dispatch")
+EXPERIMENTS = ("hospital", "privacy_utility", "dispatch", "fedltd")
 
 
 def main(argv=None) -> int:

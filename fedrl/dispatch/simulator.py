@@ -396,8 +396,14 @@ def account(state: SimState, cfg: SimConfig) -> SimState:
     return state.replace(totals=totals, batch=state.batch + 1)
 
 
-def step(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
-    """One batch of single-platform dispatch -> (state, BatchLog)."""
+def dispatch_batch(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
+    """First half of a batch, up to the residual graph: events, local matching, TD(0).
+
+    Returns (state, BatchLog without its closing fields, now, the local Assignment per pending
+    slot (valid before the assigned orders left the pool)). Between this and
+    :func:`close_batch` the state's residual graph (:func:`residual_graph`) is what a
+    second-stage (cross-platform) matching may still use.
+    """
     now = now_of(state, t_start, cfg)
     key = jax.random.fold_in(key, state.batch)
     state = advance_time(state, events, now, cfg)
@@ -410,18 +416,32 @@ def step(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
     state = apply_assignments(state, assignment, key, now, cfg)
     if cfg.td_online and cfg.dispatcher == "ltd":
         state = learn(state, graph, assignment, now, cfg, pre_x, pre_y)
-    n_pending = jnp.sum(state.pending.valid)
+    t = state.totals
+    state = state.replace(totals=t.replace(row_overflow=t.row_overflow + dropped[0],
+                                           column_overflow=t.column_overflow + dropped[1]))
+    log = BatchLog(pending=jnp.sum(state.pending.valid), idle=jnp.zeros((), jnp.int32),
+                   matched=jnp.sum(assignment.driver >= 0), revenue=revenue_before, total=total,
+                   exact=exact, rows=jnp.sum(jnp.any(graph.mask, axis=1)),
+                   cols=jnp.sum(graph.col_driver >= 0))
+    return state, log, now, assignment
+
+
+def close_batch(state: SimState, log: BatchLog, now, cfg: SimConfig):
+    """Second half of a batch: expire orders, count driver time, advance the batch index.
+
+    ``log.revenue`` holds the revenue before the batch (from :func:`dispatch_batch`) and
+    becomes the batch's revenue; ``log.idle`` the idle drivers after expiry.
+    """
     state = expire_orders(state, now, cfg)
-    state = state.replace(totals=state.totals.replace(
-        row_overflow=state.totals.row_overflow + dropped[0],
-        column_overflow=state.totals.column_overflow + dropped[1]))
     idle = jnp.sum(state.drivers.status == IDLE)
     state = account(state, cfg)
-    log = BatchLog(pending=n_pending, idle=idle, matched=jnp.sum(assignment.driver >= 0),
-                   revenue=state.totals.revenue - revenue_before, total=total, exact=exact,
-                   rows=jnp.sum(jnp.any(graph.mask, axis=1)),
-                   cols=jnp.sum(graph.col_driver >= 0))
-    return state, log
+    return state, log.replace(idle=idle, revenue=state.totals.revenue - log.revenue)
+
+
+def step(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
+    """One batch of single-platform dispatch -> (state, BatchLog)."""
+    state, log, now, _ = dispatch_batch(state, events, key, t_start, cfg)
+    return close_batch(state, log, now, cfg)
 
 
 def simulate_day(state: SimState, day: DayData, key, cfg: SimConfig):

@@ -1,0 +1,1 @@
+"""Fed-LTD: federated learning to dispatch across ride-hailing platforms (Wang et al., KDD 2022)."""

@@ -1,0 +1,129 @@
+"""A multi-platform ride-hailing market: one city's day split across K platforms.
+
+Host-side, once per setting. Orders and drivers are assigned to platforms by market share
+(optionally spatially skewed, :func:`fedrl.data.city.split_platforms`); each platform's value
+table is pre-trained (Xu et al.'s offline policy evaluation) on *its own share* of the previous
+day, and the global baseline (one platform owning everything) on the whole previous day, so
+that every method starts from the same kind of value learning on the data it could see.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from fedrl.config import ConfigError, require
+from fedrl.data.city import CityConfig, split_platforms
+from fedrl.data.grid import local_projection
+from fedrl.dispatch.day import gaia_days, pretrain_value, synthetic_days
+from fedrl.dispatch.schedule import DayData, DayInfo, build_day, stack_days
+from fedrl.dispatch.types import SimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketConfig:
+    """How the city is split: market shares (sum to 1) and spatial skew (0: none)."""
+    shares: tuple = (0.5, 0.3, 0.2)
+    spatial_skew: float = 0.0
+    # drivers may be split with other shares than orders (supply imbalance across
+    # platforms); None: the same shares
+    driver_shares: tuple | None = None
+
+    def validate(self) -> None:
+        for name in ("shares", "driver_shares"):
+            s = getattr(self, name)
+            if s is None:
+                continue
+            require(len(s) >= 1 and all(float(x) > 0 for x in s) and abs(sum(s) - 1) < 1e-6,
+                    f"market.{name} must be positive and sum to 1, got {s}")
+        require(self.driver_shares is None or len(self.driver_shares) == len(self.shares),
+                f"market.driver_shares {self.driver_shares} must have as many platforms as "
+                f"market.shares {self.shares}")
+        require(self.spatial_skew >= 0, f"market.spatial_skew must be >= 0, got "
+                                        f"{self.spatial_skew}")
+
+    @property
+    def num_platforms(self) -> int:
+        return len(self.shares)
+
+
+@dataclasses.dataclass
+class Market:
+    days: DayData            # [K] stacked, padded platform days
+    values: jnp.ndarray      # [K, T, G] pretrained on each platform's own history
+    global_day: DayData      # the unsplit day (one platform owning everything)
+    global_value: jnp.ndarray
+    infos: list              # DayInfo per platform
+    global_info: DayInfo
+    order_share: list        # realised shares of orders / drivers per platform
+    driver_share: list
+    train_eval_same_day: bool
+
+
+def _assign(x_m, shares, skew, width_m, seed, salt):
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), salt]))
+    return split_platforms(x_m, shares, rng=rng, width_m=width_m, spatial_skew=skew)
+
+
+def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed: int, *,
+                   data_dir: str | None = None, pretrain: bool = True) -> Market:
+    """Build the K platform days, their pretrained values and the global reference."""
+    market.validate()
+    if data_dir:
+        src = gaia_days(data_dir, city)
+        orders, drivers, day_start = src["orders"], src["drivers"], src["day_start"]
+        train, train_start, leak = src["train_orders"], src["train_day_start"], src["leak"]
+    else:
+        ev, prev = synthetic_days(city, seed)
+        orders, drivers, day_start = ev.orders, ev.drivers, city.day_start
+        train, train_start, leak = prev.orders, city.day_start, False
+    proj = local_projection(city.bounds)
+    width = city.bounds.width_m
+    K = market.num_platforms
+    d_shares = market.driver_shares or market.shares
+    op = _assign(proj.to_xy(orders.pickup_lon, orders.pickup_lat)[0], market.shares,
+                 market.spatial_skew, width, seed, 11)
+    dp = _assign(proj.to_xy(drivers.lon, drivers.lat)[0], d_shares, market.spatial_skew,
+                 width, seed, 12)
+    tp = _assign(proj.to_xy(train.pickup_lon, train.pickup_lat)[0], market.shares,
+                 market.spatial_skew, width, seed, 13)
+    nb = int(round(city.hours * 3600 / cfg.batch_s))
+    build = lambda o, d, s: build_day(o, d, cfg, bounds=city.bounds, day_start=day_start,
+                                      t_start_s=city.start_hour * 3600, num_batches=nb,
+                                      seed=s)
+    parts = [build(orders.subset(op == k), drivers.subset(dp == k), seed * 100 + k)
+             for k in range(K)]
+    if any(info.num_orders == 0 for _, info in parts):
+        raise ConfigError(f"a platform got no order in the window (shares {market.shares}); "
+                          "enlarge the city or the window")
+    global_day, global_info = build(orders, drivers, seed * 100 + 99)
+
+    def value_of(train_orders):
+        if not pretrain or len(train_orders) == 0:
+            from fedrl.dispatch.value import init_value
+            return init_value(cfg)
+        return pretrain_value(train_orders, train_start, cfg, city.bounds)
+
+    values = jnp.stack([value_of(train.subset(tp == k)) for k in range(K)])
+    return Market(days=stack_days([d for d, _ in parts]), values=values,
+                  global_day=global_day, global_value=jnp.asarray(value_of(train)),
+                  infos=[i for _, i in parts], global_info=global_info,
+                  order_share=(np.bincount(op, minlength=K) / max(len(op), 1)).tolist(),
+                  driver_share=(np.bincount(dp, minlength=K) / max(len(dp), 1)).tolist(),
+                  train_eval_same_day=bool(leak))
+
+
+def pad_together(stacks: list) -> list:
+    """Pad several stacked days ([K_i] leading axis each, same number of batches) to common
+    shapes, so that seeds and settings share one compiled program; returns them in order."""
+    import jax
+    counts = [int(s.driver_x.shape[0]) for s in stacks]
+    flat = [jax.tree.map(lambda a, k=k: a[k], s) for s, n in zip(stacks, counts)
+            for k in range(n)]
+    stacked = stack_days(flat)
+    out, start = [], 0
+    for n in counts:
+        out.append(jax.tree.map(lambda a, s=start, n=n: a[s:s + n], stacked))
+        start += n
+    return out

@@ -1,0 +1,569 @@
+"""The Fed-LTD protocol: K ride-hailing platforms and a server, one batch at a time.
+
+Wang, Tong, Zhou, Ren, Xu, Wu, Lv, "Fed-LTD: Towards Cross-Platform Ride Hailing via Federated
+Learning to Dispatch", KDD 2022. Per batch (``../shared/spec/fedltd.md``):
+
+1. **Local learning and dispatching** on every platform (``jax.vmap`` over platforms of
+   :func:`fedrl.dispatch.simulator.dispatch_batch`): edge weights, auction matching, TD(0).
+2. **Aggregation of dispatching models** every ``aggregation_period`` batches (and at the
+   start of the day): the value tables are averaged through the masked secure sum and blended
+   in (:mod:`fedrl.fedltd.models`).
+3. **Aggregation of dispatching decisions**: each platform encodes its residual graph
+   (:func:`encode_residual`: salted MD5 digests for ids, LSH codes for locations, a clipped
+   order-side weight plus Laplace noise); the server (:func:`server_match`, which receives
+   only those messages, a :class:`ServerView`) finds cross-platform candidate pairs from hash
+   collisions, matches them with the auction and returns digest pairs; the platforms decode
+   the digests and execute the pairs (:func:`execute_decisions`: the order's fare counts as
+   revenue, the other platform's driver becomes busy).
+
+The whole day is one jitted ``lax.scan`` (:func:`run_fedltd`). Steps 2 and 3 sit under
+``lax.cond`` outside the platform ``vmap``, so batches without aggregation or without any
+residual order skip them. The world (true positions, cancellations) is simulated with full
+information; only what a platform would send crosses to the server.
+
+Reconstructed choices are fields of :class:`fedrl.fedltd.config.FedLTDConfig`; besides those:
+a driver matched across platforms gets no extra TD update (its platform learns from its own
+orders only), and LSH parameters are drawn once per day from a key the server does not know.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedrl.dispatch import dispatchers
+from fedrl.dispatch.schedule import DayData
+from fedrl.dispatch.simulator import (close_batch, dispatch_batch, dispatch_drivers,
+                                      init_state, prefix_count, residual_graph, serve_orders)
+from fedrl.dispatch.types import BatchLog, Candidates, SimConfig, SimState
+from fedrl.dispatch.value import init_value
+from fedrl.dispatch.weights import cancel_probability, edge_weights, order_advantage
+from fedrl.fedltd import encoding
+from fedrl.fedltd.config import FedLTDConfig
+from fedrl.fedltd.models import aggregate_models
+from fedrl.privacy.mechanisms import laplace_release
+
+
+@struct.dataclass
+class OrderMessage:
+    """What a platform sends about its unmatched orders [P] (nothing else)."""
+    digest: jnp.ndarray  # u32[P, 4] MD5(salt, platform, order id)
+    codes: jnp.ndarray   # u32[P, L] LSH codes of the pick-up location
+    weight: jnp.ndarray  # f32[P] clipped order-side weight + Laplace noise
+    valid: jnp.ndarray   # bool[P]
+
+
+@struct.dataclass
+class DriverMessage:
+    """What a platform sends about its idle drivers [R]."""
+    digest: jnp.ndarray  # u32[R, 4]
+    codes: jnp.ndarray   # u32[R, L]
+    valid: jnp.ndarray   # bool[R]
+
+
+@struct.dataclass
+class ServerView:
+    """Everything the server receives in step 3 (leading platform axis K)."""
+    orders: OrderMessage
+    drivers: DriverMessage
+
+
+@struct.dataclass
+class ServerDecision:
+    """The server's answer: per order message row (K*P), the driver digest it gets."""
+    order_digest: jnp.ndarray   # u32[N, 4]
+    driver_digest: jnp.ndarray  # u32[N, 4]
+    valid: jnp.ndarray          # bool[N]
+
+
+@struct.dataclass
+class CrossLog:
+    """Per-batch record of step 3 (zeros in batches where it is skipped)."""
+    candidates: jnp.ndarray    # candidate cross-platform pairs the server found
+    false_pairs: jnp.ndarray   # ... of which farther apart than the pick-up radius
+    near_pairs: jnp.ndarray    # true cross-platform residual pairs within the radius
+    near_found: jnp.ndarray    # ... of which the server saw as candidates (LSH recall)
+    proposed: jnp.ndarray      # pairs the server returned
+    declined: jnp.ndarray      # ... declined by the driver's platform (too far)
+    matched: jnp.ndarray       # executed (cancellations included)
+    revenue: jnp.ndarray       # fares of completed cross-platform trips
+    driver_overflow: jnp.ndarray  # idle drivers not sent (max_residual_drivers)
+
+    @classmethod
+    def zeros(cls) -> "CrossLog":
+        return cls(*[jnp.zeros((), jnp.float32) for _ in dataclasses.fields(cls)])
+
+
+@struct.dataclass
+class Knobs:
+    """Run-time (traced) switches, so that ablations share one compiled day: they can turn
+    off what the static :class:`FedLTDConfig` compiled in, and set the privacy budget."""
+    share_models: jnp.ndarray     # bool[]
+    share_decisions: jnp.ndarray  # bool[]
+    epsilon_p: jnp.ndarray        # f32[] (inf: no noise)
+
+    @classmethod
+    def of(cls, fcfg: FedLTDConfig, **overrides) -> "Knobs":
+        values = dict(share_models=fcfg.share_models, share_decisions=fcfg.share_decisions,
+                      epsilon_p=fcfg.epsilon_p)
+        unknown = set(overrides) - set(values)
+        if unknown:
+            raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(values)}")
+        values.update(overrides)
+        if not float(values["epsilon_p"]) > 0:
+            from fedrl.config import ConfigError
+            raise ConfigError(f"epsilon_p must be > 0 (inf for no noise), got "
+                              f"{values['epsilon_p']!r}")
+        return cls(share_models=jnp.asarray(bool(values["share_models"])),
+                   share_decisions=jnp.asarray(bool(values["share_decisions"])),
+                   epsilon_p=jnp.asarray(float(values["epsilon_p"]), jnp.float32))
+
+
+@struct.dataclass
+class FedLTDState:
+    sim: SimState            # leading platform axis K
+    lsh: encoding.LSHParams  # shared by the platforms for the day
+    knobs: Knobs
+    codes: DriverCodes       # [K] each platform's cache of its drivers' LSH codes
+
+
+@struct.dataclass
+class FedLTDLog:
+    local: BatchLog          # [K]
+    cross: CrossLog
+    aggregated: jnp.ndarray  # bool: the models were aggregated in this batch
+
+
+# ------------------------------------------------------------------------------ step 3
+
+
+def order_weights(state: SimState, now, cfg: SimConfig):
+    """Order-side weight of each pending order, computed by its platform alone.
+
+    Learning to dispatch: ``R + gamma^dt V(dest) - V(origin)`` (fedltd.md step 3, the driver
+    is near the origin so V(loc_u) ~ V(origin)); myopic and nearest dispatchers: the fare.
+    """
+    p = state.pending
+    if cfg.dispatcher == "ltd":
+        return order_advantage(p.fare, p.duration, p.ox, p.oy, p.dx, p.dy, now, state.value,
+                               cfg)
+    return p.fare
+
+
+def listed_drivers(state: SimState, limit: int):
+    """The first ``limit`` listed idle drivers -> (ids i32[limit] (-1 pad), overflow)."""
+    _, listed = residual_graph(state)
+    rank = dispatchers.prefix_count(listed) - 1
+    keep = listed & (rank < limit)
+    ids = jnp.full((limit,), -1, jnp.int32).at[jnp.where(keep, rank, limit)].set(
+        jnp.arange(listed.shape[0], dtype=jnp.int32), mode="drop")
+    return ids, jnp.sum(listed) - jnp.sum(keep)
+
+
+@struct.dataclass
+class DriverCodes:
+    """A platform's cache of its drivers' LSH codes [D, L] and the positions they hash.
+
+    A driver only moves when dispatched, so re-hashing every idle driver in every batch
+    (L MD5 blocks each) would cost most of a batch; :func:`refresh_codes` re-hashes the few
+    drivers that moved since the last batch.
+    """
+    codes: jnp.ndarray  # u32[D, L]
+    x: jnp.ndarray      # f32[D]
+    y: jnp.ndarray
+
+
+def _codes_fn(lsh: encoding.LSHParams, fcfg: FedLTDConfig):
+    if fcfg.lsh.kind == "exact":  # oracle mode: the server uses true distances, no codes
+        return lambda x, y: jnp.zeros(x.shape + (fcfg.lsh.num_tables,), jnp.uint32)
+    return lambda x, y: encoding.lsh_codes(lsh, x, y, fcfg.lsh)
+
+
+def init_codes(drivers, lsh: encoding.LSHParams, fcfg: FedLTDConfig) -> DriverCodes:
+    return DriverCodes(codes=_codes_fn(lsh, fcfg)(drivers.x, drivers.y), x=drivers.x,
+                       y=drivers.y)
+
+
+def refresh_codes(cache: DriverCodes, drivers, lsh: encoding.LSHParams,
+                  fcfg: FedLTDConfig) -> DriverCodes:
+    """Re-hash up to ``code_refresh`` drivers whose position changed (the rest next batch;
+    until then :func:`encode_residual` does not send them)."""
+    moved = (drivers.x != cache.x) | (drivers.y != cache.y)
+    cap = min(fcfg.code_refresh, moved.shape[0])
+    rank = dispatchers.prefix_count(moved) - 1
+    keep = moved & (rank < cap)
+    D = moved.shape[0]
+    ids = jnp.full((cap,), -1, jnp.int32).at[jnp.where(keep, rank, cap)].set(
+        jnp.arange(D, dtype=jnp.int32), mode="drop")
+    safe = jnp.maximum(ids, 0)
+    x, y = drivers.x[safe], drivers.y[safe]
+    tgt = jnp.where(ids >= 0, ids, D)
+    return DriverCodes(codes=cache.codes.at[tgt].set(_codes_fn(lsh, fcfg)(x, y), mode="drop"),
+                       x=cache.x.at[tgt].set(x, mode="drop"),
+                       y=cache.y.at[tgt].set(y, mode="drop"))
+
+
+def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParams, key,
+                    cfg: SimConfig, fcfg: FedLTDConfig, epsilon=None,
+                    cache: DriverCodes | None = None):
+    """EncodeRBG of one platform -> (OrderMessage, DriverMessage, sent driver ids, overflow).
+
+    The order weights are clipped to [weight_lower, weight_upper] and released with
+    Laplace(Delta / eps_p) noise (eps_p = inf: clipped only); ``epsilon`` (traced) overrides
+    ``fcfg.epsilon_p``. Driver codes come from ``cache`` when given (drivers whose cached
+    position is stale are not sent this batch), else are computed here.
+    """
+    p = state.pending
+    d = state.drivers
+    # never more slots than the platform has drivers (static)
+    ids, overflow = listed_drivers(state, min(fcfg.max_residual_drivers, d.x.shape[0]))
+    safe = jnp.maximum(ids, 0)
+    codes = _codes_fn(lsh, fcfg)
+    if cache is None:
+        driver_codes, fresh = codes(d.x[safe], d.y[safe]), True
+    else:
+        driver_codes = cache.codes[safe]
+        fresh = (cache.x[safe] == d.x[safe]) & (cache.y[safe] == d.y[safe])
+    w = order_weights(state, now, cfg)
+    eps = fcfg.epsilon_p if epsilon is None else epsilon
+    clipped = jnp.clip(w, fcfg.weight_lower, fcfg.weight_upper)
+    if isinstance(eps, float) and not fcfg.noisy:
+        w = clipped
+    else:
+        noisy = laplace_release(key, w, eps, fcfg.weight_lower, fcfg.weight_upper)
+        w = jnp.where(jnp.isfinite(eps), noisy, clipped)
+    orders = OrderMessage(
+        digest=encoding.salted_digest(salt, p.order, platform),
+        codes=codes(p.ox, p.oy), weight=jnp.where(p.valid, w, 0.0), valid=p.valid)
+    sent = (ids >= 0) & fresh
+    drivers = DriverMessage(digest=encoding.salted_digest(salt, ids, platform),
+                            codes=driver_codes, valid=sent)
+    return orders, drivers, jnp.where(sent, ids, -1), overflow + jnp.sum((ids >= 0) & ~sent)
+
+
+def server_config(cfg: SimConfig, fcfg: FedLTDConfig, num_orders: int) -> SimConfig:
+    """The matrix sizes of the server's matching, as a SimConfig for the dispatch helpers."""
+    rows = min(fcfg.server_rows, num_orders)
+    return dataclasses.replace(
+        cfg, max_pending=num_orders, max_rows=rows, max_columns=fcfg.server_columns,
+        size_classes=((min(8, rows), min(16, fcfg.server_columns)),), match_nonpositive=False)
+
+
+def _flat(x):
+    return x.reshape((-1,) + x.shape[2:])
+
+
+def _most_colliding(hits, k: int, num_tables: int):
+    """Per row, the ``k`` columns with the most colliding tables (ties: lower index first)
+    -> (columns i32[N, k], mask). Collision counts are small integers, so ranks come from one
+    running count per level instead of ``lax.top_k`` (slow on CPU inside a scan)."""
+    N, M = hits.shape
+    rank = jnp.zeros((N, M), jnp.int32)
+    above = jnp.zeros((N,), jnp.int32)
+    for level in range(num_tables, 0, -1):
+        at = hits == level
+        rank = jnp.where(at, above[:, None] + prefix_count(at, axis=1) - 1, rank)
+        above = above + jnp.sum(at, axis=1)
+    keep = (hits > 0) & (rank < k)
+    rows = jnp.broadcast_to(jnp.arange(N)[:, None], (N, M))
+    cols = jnp.broadcast_to(jnp.arange(M, dtype=jnp.int32)[None, :], (N, M))
+    idx = jnp.zeros((N, k), jnp.int32).at[jnp.where(keep, rows, N), rank].set(cols, mode="drop")
+    mask = jnp.zeros((N, k), bool).at[jnp.where(keep, rows, N), rank].set(True, mode="drop")
+    return idx, mask
+
+
+def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=None):
+    """DecodeRBG + matching on the server, from the encoded messages only.
+
+    Candidate pairs: a driver and an order of *different* platforms whose LSH codes collide
+    in at least one table; each order keeps its ``server_k`` drivers colliding in the most
+    tables; the edge weight is the order's noisy weight (plus ``collision_bonus`` per share
+    of colliding tables). ``oracle=(dist, weight)`` [K*P, K*R] replaces the hashes by true
+    distances and weights (test/ablation mode ``lsh.kind="exact"``: not private).
+    Returns (ServerDecision, (candidate mask [N, K*R], total weight)).
+    """
+    K, P = view.orders.valid.shape
+    R = view.drivers.valid.shape[1]
+    o_plat = jnp.repeat(jnp.arange(K), P)
+    d_plat = jnp.repeat(jnp.arange(K), R)
+    o_valid, d_valid = _flat(view.orders.valid), _flat(view.drivers.valid)
+    allowed = (o_valid[:, None] & d_valid[None, :] & (o_plat[:, None] != d_plat[None, :]))
+    if oracle is None:
+        hits = encoding.collision_count(_flat(view.orders.codes)[:, None, :],
+                                        _flat(view.drivers.codes)[None, :, :])
+        cand = allowed & (hits > 0)
+        weight = (_flat(view.orders.weight)[:, None]
+                  + fcfg.collision_bonus * hits.astype(jnp.float32) / fcfg.lsh.num_tables)
+        score = jnp.where(cand, hits.astype(jnp.float32), -1.0)
+        dist = jnp.zeros(cand.shape, jnp.float32)
+    else:
+        dist, weight = oracle
+        cand = allowed & (dist <= scfg.radius_m)
+        score = jnp.where(cand, -dist, -jnp.inf)
+    k = min(fcfg.server_k, cand.shape[1])
+    if oracle is None:
+        idx, mask = _most_colliding(jnp.where(cand, hits, 0), k, fcfg.lsh.num_tables)
+    else:
+        _, idx = jax.lax.top_k(score, k)  # ties: lower index first
+        mask = jnp.take_along_axis(cand, idx, axis=1)
+    cands = Candidates(driver=jnp.where(mask, idx, -1).astype(jnp.int32),
+                       dist=jnp.where(mask, jnp.take_along_axis(dist, idx, axis=1), 0.0),
+                       mask=mask)
+    w = jnp.where(mask, jnp.take_along_axis(weight, idx, axis=1), 0.0)
+    row_slot, sub, sub_w, _ = dispatchers.compact_rows(cands, w, scfg.max_rows)
+    graph, _ = dispatchers.build_graph(sub, sub_w, K * R, scfg)
+    rows = dispatchers.solve_graph(graph, scfg, fcfg.server_matcher)
+    assigned = dispatchers.expand_rows(
+        dispatchers.assignment_from_match(graph, rows, False), row_slot, K * P)
+    ok = assigned.driver >= 0
+    decision = ServerDecision(
+        order_digest=_flat(view.orders.digest),
+        driver_digest=_flat(view.drivers.digest)[jnp.maximum(assigned.driver, 0)],
+        valid=ok)
+    return decision, (cand, jnp.sum(assigned.weight))
+
+
+def decode_decision(decision: ServerDecision, orders: OrderMessage, drivers: DriverMessage):
+    """A platform maps the server's digest pairs back to its own orders and drivers.
+
+    Returns (row of each own order slot [P] (-1: none), own sent-driver index of each decision
+    row [N] (-1: not ours)).
+    """
+    n = jnp.arange(decision.valid.shape[0], dtype=jnp.int32)
+    o_hit = (encoding.digests_equal(orders.digest[:, None, :], decision.order_digest[None])
+             & decision.valid[None, :] & orders.valid[:, None])                      # [P, N]
+    slot_row = jnp.where(jnp.any(o_hit, axis=1), jnp.sum(jnp.where(o_hit, n, 0), axis=1), -1)
+    r = jnp.arange(drivers.valid.shape[0], dtype=jnp.int32)
+    d_hit = (encoding.digests_equal(drivers.digest[:, None, :], decision.driver_digest[None])
+             & decision.valid[None, :] & drivers.valid[:, None])                     # [R, N]
+    row_sent = jnp.where(jnp.any(d_hit, axis=0), jnp.sum(jnp.where(d_hit, r[:, None], 0),
+                                                          axis=0), -1)
+    return slot_row, row_sent
+
+
+def _world_pairs(sim: SimState, row_sent, sent_ids, cfg: SimConfig):
+    """Ground truth of each decision row n (order platform n // P): the order's fields and
+    the driver's platform, id and true pick-up distance."""
+    K = sim.pending.valid.shape[0]
+    mine = row_sent >= 0                                               # [K, N]
+    d_plat = jnp.sum(jnp.where(mine, jnp.arange(K)[:, None], 0), axis=0)
+    d_sent = jnp.sum(jnp.where(mine, row_sent, 0), axis=0)
+    d_id = sent_ids[d_plat, d_sent]
+    p = jax.tree.map(_flat, sim.pending)
+    dist = jnp.hypot(sim.drivers.x[d_plat, d_id] - p.ox, sim.drivers.y[d_plat, d_id] - p.oy)
+    return p, jnp.any(mine, axis=0), d_plat, d_id, dist * cfg.pickup_road_factor
+
+
+@struct.dataclass
+class CrossPairs:
+    """The executed cross-platform pairs of a batch, per order row n (platform n // P, slot
+    n % P): the driver's platform and id, and whether the pair was executed."""
+    driver_platform: jnp.ndarray  # i32[N]
+    driver: jnp.ndarray           # i32[N]
+    executed: jnp.ndarray         # bool[N] (cancelled trips included: they were matched)
+
+    @classmethod
+    def none(cls, n: int) -> "CrossPairs":
+        return cls(jnp.zeros((n,), jnp.int32), jnp.full((n,), -1, jnp.int32),
+                   jnp.zeros((n,), bool))
+
+
+def execute_decisions(sim: SimState, decision: ServerDecision, slot_row, row_sent, sent_ids,
+                      key, now, cfg: SimConfig, fcfg: FedLTDConfig):
+    """Platforms execute the cross-platform pairs -> (sim, CrossPairs, (proposed, declined,
+    revenue)). The driver's platform declines a pair beyond the pick-up radius
+    (``decline_far_pairs``); an accepted order cancels with probability cancel(d)."""
+    p, has_driver, d_plat, d_id, dist = _world_pairs(sim, row_sent, sent_ids, cfg)
+    proposed = decision.valid & has_driver
+    declined = proposed & (dist > cfg.radius_m) if fcfg.decline_far_pairs else proposed & False
+    go = proposed & ~declined
+    cancelled = go & (jax.random.uniform(key, go.shape) < cancel_probability(dist, cfg))
+    K = sim.pending.valid.shape[0]
+
+    def platform(state, k, slot_row_k):
+        safe = jnp.maximum(slot_row_k, 0)
+        assigned = (slot_row_k >= 0) & go[safe]
+        state = serve_orders(state, assigned, assigned & cancelled[safe],
+                             jnp.where(assigned, dist[safe], 0.0))
+        ride = go & ~cancelled & (d_plat == k)
+        return dispatch_drivers(state, jnp.where(ride, d_id, -1), ride, dist, p.duration,
+                                p.dx, p.dy, now, cfg)
+
+    sim = jax.vmap(platform)(sim, jnp.arange(K), slot_row)
+    revenue = jnp.sum(jnp.where(go & ~cancelled, p.fare, 0.0))
+    pairs = CrossPairs(driver_platform=d_plat.astype(jnp.int32),
+                       driver=jnp.where(go, d_id, -1).astype(jnp.int32), executed=go)
+    return sim, pairs, (jnp.sum(proposed), jnp.sum(declined), revenue)
+
+
+def cross_distances(sim: SimState, sent_ids, cfg: SimConfig):
+    """True pick-up distances [K*P, K*R] between every pending order and every sent driver
+    (the world's knowledge: oracle mode and the LSH's recall, never the server's)."""
+    safe = jnp.maximum(sent_ids, 0)
+    dx = jnp.take_along_axis(sim.drivers.x, safe, axis=1).reshape(-1)       # [K*R]
+    dy = jnp.take_along_axis(sim.drivers.y, safe, axis=1).reshape(-1)
+    p = jax.tree.map(_flat, sim.pending)
+    dist = jnp.hypot(dx[None, :] - p.ox[:, None], dy[None, :] - p.oy[:, None])
+    return dist * cfg.pickup_road_factor, (dx, dy)
+
+
+def oracle_weights(sim: SimState, dist, driver_xy, now, cfg: SimConfig):
+    """True edge weights [K*P, K*R] of the cross-platform residual pairs (the dispatcher's
+    weight with the driver's true position, scored with the order platform's value table)."""
+    dx, dy = driver_xy
+    P = sim.pending.valid.shape[1]
+    p = jax.tree.map(_flat, sim.pending)
+    value = jnp.repeat(sim.value, P, axis=0)  # [K*P, T, G]
+
+    def row(v, fare, duration, ddx, ddy, dist_row):
+        return edge_weights(cfg.dispatcher, dist_row, fare, duration, ddx, ddy, dx, dy, now,
+                            v, cfg)
+    return jax.vmap(row)(value, p.fare, p.duration, p.dx, p.dy, dist)
+
+
+def encode_all(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
+               fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
+    """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], overflow
+    [K]). ``key`` gives the batch's salt (shared by the platforms) and their noise."""
+    K = sim.pending.valid.shape[0]
+    k_salt, k_noise = jax.random.split(key)
+    salt = encoding.batch_salt(k_salt)
+    orders, drivers, sent_ids, overflow = jax.vmap(
+        lambda s, k, kk, c: encode_residual(s, k, now, salt, lsh, kk, cfg, fcfg, epsilon, c))(
+        sim, jnp.arange(K), jax.random.split(k_noise, K), cache)
+    return ServerView(orders=orders, drivers=drivers), sent_ids, overflow
+
+
+def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
+                   fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
+    """Step 3 for all platforms: encode, server matching, decode, execute
+    -> (sim, CrossLog, CrossPairs)."""
+    K, P = sim.pending.valid.shape
+    k_encode, k_exec = jax.random.split(key)
+    view, sent_ids, overflow = encode_all(sim, lsh, k_encode, now, cfg, fcfg, epsilon, cache)
+    dist, driver_xy = cross_distances(sim, sent_ids, cfg)
+    oracle = None
+    if fcfg.lsh.kind == "exact":
+        oracle = (dist, oracle_weights(sim, dist, driver_xy, now, cfg))
+    decision, (cand, _) = server_match(view, fcfg, server_config(cfg, fcfg, K * P), oracle)
+    slot_row, row_sent = jax.vmap(decode_decision, in_axes=(None, 0, 0))(
+        decision, view.orders, view.drivers)
+    sim, pairs, (proposed, declined, revenue) = execute_decisions(
+        sim, decision, slot_row, row_sent, sent_ids, k_exec, now, cfg, fcfg)
+    R = sent_ids.shape[1]
+    d_plat = jnp.repeat(jnp.arange(K), R)
+    o_plat = jnp.repeat(jnp.arange(K), P)
+    near = ((dist <= cfg.radius_m) & (o_plat[:, None] != d_plat[None, :])
+            & _flat(view.orders.valid)[:, None] & _flat(view.drivers.valid)[None, :])
+    f = lambda x: jnp.sum(x).astype(jnp.float32)
+    log = CrossLog(candidates=f(cand), false_pairs=f(cand & ~near), near_pairs=f(near),
+                   near_found=f(cand & near), proposed=f(proposed), declined=f(declined),
+                   matched=f(pairs.executed), revenue=revenue.astype(jnp.float32),
+                   driver_overflow=f(overflow))
+    return sim, log, pairs
+
+
+# ------------------------------------------------------------------------------ the day
+
+
+def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig,
+                knobs: Knobs | None = None) -> FedLTDState:
+    """Fresh platforms ([K] stacked days and value tables) and the day's LSH parameters."""
+    sim = jax.vmap(lambda d, v: init_state(d, cfg, v))(days, values)
+    lsh = encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh)
+    codes = jax.vmap(lambda d: init_codes(d, lsh, fcfg))(sim.drivers)
+    return FedLTDState(sim=sim, lsh=lsh, knobs=Knobs.of(fcfg) if knobs is None else knobs,
+                       codes=codes)
+
+
+@struct.dataclass
+class BatchTrace:
+    """What a batch decided (for tests and analyses): the value tables matching used, the
+    local assignment of every platform [K, P], the platforms' states after local dispatch
+    (their residual graphs) and the cross-platform pairs."""
+    value: jnp.ndarray
+    local_driver: jnp.ndarray
+    residual: SimState
+    now: jnp.ndarray
+    cross: CrossPairs
+
+
+def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: SimConfig,
+                 fcfg: FedLTDConfig, trace: bool = False):
+    """One batch of Fed-LTD for K platforms -> (state, FedLTDLog[, BatchTrace]).
+
+    ``keys`` [K] are the platforms' own keys (local cancellations, exactly as in
+    :func:`fedrl.dispatch.simulator.step`); ``protocol_key`` drives salts, noise, masks and
+    cross-platform cancellations, folded in per batch.
+    """
+    sim = state.sim
+    K, P = sim.pending.valid.shape
+    batch = sim.batch[0]
+    key = jax.random.fold_in(protocol_key, batch)
+    k_model, k_decision = jax.random.split(key)
+
+    # step 2 at batch 0 (the pretrained tables), then every aggregation_period batches; one
+    # platform has nothing to aggregate with (and skipping keeps it exactly single-platform)
+    share_models = fcfg.share_models and K > 1
+    aggregate = ((batch % fcfg.aggregation_period == 0) & state.knobs.share_models
+                 if share_models else jnp.array(False))
+    if share_models:
+        value = jax.lax.cond(
+            aggregate, lambda v: aggregate_models(v, sim.totals.arrived, k_model, fcfg),
+            lambda v: v, sim.value)
+        sim = sim.replace(value=value)
+    used_value = sim.value
+
+    sim, local, now, assignment = jax.vmap(
+        lambda s, e, k: dispatch_batch(s, e, k, t_start, cfg))(sim, events, keys)
+    now = now[0]
+    residual = sim
+
+    codes = state.codes
+    if fcfg.share_decisions and K > 1:
+        codes = jax.vmap(lambda c, d: refresh_codes(c, d, state.lsh, fcfg))(codes, sim.drivers)
+        w = jax.vmap(lambda s: order_weights(s, now, cfg))(sim)
+        eps = state.knobs.epsilon_p
+        worth = state.knobs.share_decisions & jnp.any(
+            sim.pending.valid & ((w > fcfg.weight_lower) | jnp.isfinite(eps)))
+        sim, cross, pairs = jax.lax.cond(
+            worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg, eps,
+                                            codes),
+            lambda s: (s, CrossLog.zeros(), CrossPairs.none(K * P)), sim)
+    else:
+        cross, pairs = CrossLog.zeros(), CrossPairs.none(K * P)
+
+    sim, local = jax.vmap(lambda s, lg: close_batch(s, lg, now, cfg))(sim, local)
+    out = (state.replace(sim=sim, codes=codes), FedLTDLog(local=local, cross=cross, aggregated=aggregate))
+    if trace:
+        return out + (BatchTrace(value=used_value, local_driver=assignment.driver,
+                                 residual=residual, now=now, cross=pairs),)
+    return out
+
+
+def simulate_fedltd_day(state: FedLTDState, days: DayData, keys, protocol_key,
+                        cfg: SimConfig, fcfg: FedLTDConfig):
+    """The whole day: one ``lax.scan`` over batches -> (final state, FedLTDLog[batches])."""
+    events = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), days.events)  # [batches, K, ...]
+    t_start = days.t_start[0]
+
+    def body(carry, ev):
+        return fedltd_batch(carry, ev, keys, protocol_key, t_start, cfg, fcfg)
+    return jax.lax.scan(body, state, events)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "fcfg"))
+def run_fedltd(days: DayData, keys, protocol_key, cfg: SimConfig, fcfg: FedLTDConfig,
+               values=None, knobs: Knobs | None = None):
+    """Jitted Fed-LTD day of K platforms (leading axis of ``days``, ``keys``, ``values``).
+
+    ``knobs`` (:meth:`Knobs.of`) switch model/decision sharing off and set eps_p at run time:
+    one compiled program serves every such ablation.
+    """
+    if values is None:
+        values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)
+    state = init_fedltd(days, values, protocol_key, cfg, fcfg, knobs)
+    return simulate_fedltd_day(state, days, keys, protocol_key, cfg, fcfg)

@@ -1,0 +1,323 @@
+"""Fed-LTD protocol: reductions to single-platform, the server's view, decision aggregation
+against scipy's exact matching, secure model aggregation, Laplace noise, and per-batch
+validity of the two-stage matching against the global one-shot optimum."""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from fedrl.data.city import CityConfig
+from fedrl.dispatch.simulator import (advance_time, arrive_orders, now_of, run_day,
+                                      run_platforms)
+from fedrl.dispatch.types import IDLE, SimConfig
+from fedrl.fedltd import protocol
+from fedrl.fedltd.config import FedLTDConfig
+from fedrl.fedltd.encoding import LSHConfig
+from fedrl.fedltd.market import MarketConfig, prepare_market
+from fedrl.fedltd.models import aggregate_models, average_values
+
+CFG = SimConfig(max_pending=16, max_rows=8, max_columns=24, bucket_slots=24,
+                calendar_batches=2_400, calendar_slots=16, matcher="hungarian",
+                dispatcher="ltd", size_classes=())
+CITY = CityConfig(scale=0.04, hours=0.1, start_hour=8.0)   # 180 batches
+FED = FedLTDConfig(max_residual_drivers=32, server_rows=16, server_columns=32,
+                   server_matcher="hungarian", aggregation_period=60)
+
+
+@pytest.fixture(scope="module")
+def market():
+    return prepare_market(CITY, CFG, MarketConfig(shares=(0.5, 0.3, 0.2)), seed=2)
+
+
+def _keys(k):
+    return jax.random.split(jax.random.PRNGKey(0), k), jax.random.PRNGKey(7)
+
+
+def _tree_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_no_sharing_equals_single_platform_exactly(market):
+    keys, pk = _keys(3)
+    single, _ = run_platforms(market.days, keys, CFG, market.values)
+    fed = FedLTDConfig(share_models=False, share_decisions=False)
+    state, log = protocol.run_fedltd(market.days, keys, pk, CFG, fed, market.values)
+    assert _tree_equal(state.sim, single)
+    assert float(jnp.sum(log.cross.matched)) == 0
+
+
+def test_one_platform_equals_single_platform(market):
+    keys, pk = _keys(1)
+    day = jax.tree.map(lambda a: a[:1], market.days)
+    single, _ = run_day(jax.tree.map(lambda a: a[0], day), keys[0], CFG, market.values[0])
+    state, _ = protocol.run_fedltd(day, keys, pk, CFG, FED, market.values[:1])
+    assert _tree_equal(jax.tree.map(lambda a: a[0], state.sim), single)
+
+
+def test_full_protocol_deterministic_and_shares(market):
+    keys, pk = _keys(3)
+    a, log_a = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values)
+    b, log_b = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values)
+    assert _tree_equal(a, b) and _tree_equal(log_a, log_b)
+    # cross-platform trips happened, the models were aggregated at batch 0, 60, 120
+    assert float(jnp.sum(log_a.cross.matched)) > 0
+    assert np.flatnonzero(np.asarray(log_a.aggregated)).tolist() == [0, 60, 120]
+    # conservation over all platforms: every arrived order is accounted for once
+    t = jax.tree.map(lambda x: float(jnp.sum(x)), a.sim.totals)
+    pending = float(jnp.sum(a.sim.pending.valid))
+    assert t.arrived == t.completed + t.cancelled + t.expired + t.pending_overflow + pending
+    # another protocol key changes the protocol's randomness
+    c, _ = protocol.run_fedltd(market.days, keys, jax.random.PRNGKey(8), CFG, FED,
+                               market.values)
+    assert not _tree_equal(a.sim.totals, c.sim.totals)
+
+
+@pytest.fixture(scope="module")
+def traced(market):
+    """One noiseless Fed-LTD run, batch by batch (one compiled step): per batch the state
+    before it (after this batch's arrivals), its trace; plus a few residual states that
+    hold unmatched orders, for the server-side tests."""
+    fcfg = dataclasses.replace(FED, epsilon_p=math.inf)
+    keys, pk = _keys(3)
+    state = protocol.init_fedltd(market.days, market.values, pk, CFG, fcfg)
+    events = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), market.days.events)
+    t_start = market.days.t_start[0]
+
+    @jax.jit
+    def step(state, ev):
+        now = now_of(jax.tree.map(lambda a: a[0], state.sim), t_start, CFG)
+        pre = jax.vmap(lambda s, e: arrive_orders(advance_time(s, e, now, CFG), e.arrivals,
+                                                  now, CFG))(state.sim, ev)
+        new, log, tr = protocol.fedltd_batch(state, ev, keys, pk, t_start, CFG, fcfg,
+                                             trace=True)
+        return new, log, tr, (pre.pending, pre.drivers)
+
+    batches, residuals = [], []
+    for b in range(int(market.days.events.online.shape[1])):
+        state, log, tr, pre = step(state, jax.tree.map(lambda x: x[b], events))
+        residual = tr.residual
+        tr = jax.device_get(tr.replace(residual=None))
+        batches.append((jax.device_get(pre), tr, jax.device_get(log)))
+        if np.asarray(residual.pending.valid).sum() >= 2 and len(residuals) < 6:
+            residuals.append((residual, tr.now))
+    assert len(residuals) >= 3
+    return {"batches": batches, "residuals": residuals, "state": state, "fcfg": fcfg}
+
+
+def test_server_view_holds_only_encoded_fields(traced):
+    sim, now = traced["residuals"][0]
+    view, sent_ids, _ = protocol.encode_all(sim, traced["state"].lsh, jax.random.PRNGKey(3),
+                                            now, CFG, FED)
+    leaves = jax.tree_util.tree_flatten_with_path(view)[0]
+    names = {jax.tree_util.keystr(p): v for p, v in leaves}
+    assert set(names) == {".orders.digest", ".orders.codes", ".orders.weight", ".orders.valid",
+                          ".drivers.digest", ".drivers.codes", ".drivers.valid"}
+    for name, v in names.items():
+        if "digest" in name or "codes" in name:
+            assert v.dtype == jnp.uint32, name
+    # no raw id: no digest word equals an order id or a driver id
+    ids = np.concatenate([np.asarray(sim.pending.order).ravel(), np.asarray(sent_ids).ravel()])
+    words = np.concatenate([np.asarray(view.orders.digest).ravel(),
+                            np.asarray(view.drivers.digest).ravel()])
+    assert not np.isin(words[words < 2 ** 20], ids[ids >= 0]).any()
+    # no coordinate: the only float field is the noisy weight, which differs from the
+    # clipped true weight of every valid order
+    true = jax.vmap(lambda s: protocol.order_weights(s, now, CFG))(sim)
+    clipped = np.clip(np.asarray(true), FED.weight_lower, FED.weight_upper)
+    valid = np.asarray(sim.pending.valid)
+    assert valid.sum() > 0
+    assert np.all(np.abs(np.asarray(view.orders.weight) - clipped)[valid] > 1e-6)
+    xs = np.concatenate([np.asarray(sim.pending.ox).ravel(), np.asarray(sim.drivers.x).ravel()])
+    assert not np.isin(np.asarray(view.orders.weight)[valid], xs).any()
+
+
+def test_laplace_noise_has_the_right_scale(traced):
+    sim, now = traced["residuals"][0]
+    k = int(np.argmax(np.asarray(sim.pending.valid).sum(1)))
+    s0 = jax.tree.map(lambda a: a[k], sim)
+    eps = 0.5
+    fcfg = dataclasses.replace(FED, epsilon_p=eps)
+    lsh = protocol.encoding.lsh_params(jax.random.PRNGKey(0), fcfg.lsh)
+    salt = protocol.encoding.batch_salt(jax.random.PRNGKey(1))
+    enc = jax.jit(jax.vmap(lambda k: protocol.encode_residual(s0, 0, now, salt, lsh, k, CFG,
+                                                             fcfg)[0].weight))
+    noisy = np.asarray(enc(jax.random.split(jax.random.PRNGKey(2), 4000)))
+    true = np.clip(np.asarray(protocol.order_weights(s0, now, CFG)), fcfg.weight_lower,
+                   fcfg.weight_upper)
+    valid = np.asarray(s0.pending.valid)
+    assert valid.any()
+    noise = (noisy - true[None, :])[:, valid].ravel()
+    scale = (fcfg.weight_upper - fcfg.weight_lower) / eps
+    assert stats.kstest(noise, stats.laplace(scale=scale).cdf).pvalue > 1e-3
+    assert abs(np.mean(np.abs(noise)) / scale - 1.0) < 0.05   # E|Laplace(b)| = b
+    # a wrong scale is rejected by the same test
+    assert stats.kstest(noise, stats.laplace(scale=1.2 * scale).cdf).pvalue < 1e-3
+
+
+def test_exact_decision_aggregation_reaches_global_residual_matching(traced):
+    """Exact distances, no noise: the server's matching of the residual graphs equals
+    scipy's maximum-weight matching of the cross-platform residual graph."""
+    fcfg = dataclasses.replace(FED, lsh=LSHConfig(kind="exact"), epsilon_p=math.inf,
+                               server_k=96, server_rows=48, server_columns=96)
+    checked = 0
+    for batch, (sim, now) in enumerate(traced["residuals"]):
+        view, sent_ids, _ = protocol.encode_all(sim, traced["state"].lsh,
+                                                jax.random.PRNGKey(1), now, CFG, fcfg)
+        dist, xy = protocol.cross_distances(sim, sent_ids, CFG)
+        weight = protocol.oracle_weights(sim, dist, xy, now, CFG)
+        K, P = sim.pending.valid.shape
+        R = sent_ids.shape[1]
+        scfg = protocol.server_config(CFG, fcfg, K * P)
+        for matcher in ("hungarian", "auction"):
+            f = dataclasses.replace(fcfg, server_matcher=matcher)
+            decision, (_, total) = jax.jit(protocol.server_match, static_argnums=(1, 2))(
+                view, f, scfg, (dist, weight))
+            # reference: cross-platform edges within the radius between valid residual nodes
+            w = np.asarray(weight, np.float64)
+            ok = ((np.asarray(dist) <= CFG.radius_m)
+                  & (np.repeat(np.arange(K), P)[:, None] != np.repeat(np.arange(K), R)[None])
+                  & np.asarray(view.orders.valid).ravel()[:, None]
+                  & np.asarray(view.drivers.valid).ravel()[None, :])
+            w = np.where(ok & (w > 0), w, 0.0)
+            r, c = optimize.linear_sum_assignment(w, maximize=True)
+            best = w[r, c].sum()
+            n_edges = int((w > 0).sum())
+            assert float(total) <= best + 1e-3
+            bound = 0.0 if matcher == "hungarian" else 1e-2 * max(best, 1.0)
+            assert float(total) >= best - bound - 1e-3, (batch, matcher, float(total), best)
+        checked += n_edges > 0
+    assert checked >= 2  # the instance really has cross-platform residual edges
+
+
+def test_secure_model_aggregation_equals_plain_average():
+    key = jax.random.PRNGKey(0)
+    values = 40.0 * jax.random.normal(key, (3, 6, 50))
+    orders = jnp.array([120.0, 30.0, 50.0])
+    for weights in ("uniform", "orders"):
+        masked = dataclasses.replace(FED, aggregation_weights=weights)
+        plain = dataclasses.replace(masked, model_aggregation="plain")
+        a = aggregate_models(values, orders, key, masked)
+        b = aggregate_models(values, orders, key, plain)
+        w = np.ones(3) if weights == "uniform" else np.asarray(orders)
+        ref = np.tensordot(w / w.sum(), np.asarray(values), axes=1)
+        np.testing.assert_allclose(np.asarray(b[1]), ref, rtol=1e-5, atol=1e-4)
+        # fixed point 2^-16, divided by the (capped) total weight
+        tol = 4.0 / FED.fixed_point.scale / float(np.minimum(w / FED.weight_cap, 1).sum()
+                                                  if weights == "orders" else 3.0)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol)
+        assert not np.array_equal(np.asarray(a), np.asarray(b))  # it did go through masks
+    # blending: mix 0.5 keeps half of the own table
+    half = dataclasses.replace(FED, mix=0.5, model_aggregation="plain")
+    mean = average_values(values, jnp.ones(3), key, half)
+    np.testing.assert_allclose(aggregate_models(values, orders * 0 + 1, key, half),
+                               0.5 * values + 0.5 * mean[None], rtol=1e-5, atol=1e-4)
+
+
+def _ltd_weights_np(value, o_k, fare, duration, dest_x, dest_y, drv_x, drv_y, dist, now):
+    """NumPy recomputation of the learning-to-dispatch weight [orders, drivers] with the
+    order platform's value table: p_done(d) (R + gamma^(dt/slot) V(dest, t+dt) - V(loc, t))."""
+    from fedrl.dispatch.value import value_grid
+    grid = value_grid(CFG)
+    value = np.asarray(value, np.float64)
+    T = value.shape[1]
+    d = dist * CFG.pickup_road_factor
+    p_done = 1.0 - np.clip(CFG.cancel_p0 * np.exp(CFG.cancel_rate_per_m * d), 0.0, 1.0)
+    dt = d / CFG.pickup_speed_ms + duration[:, None]
+    slot_next = np.floor((now + dt) / CFG.slot_s).astype(int)
+    cell_dest = grid.cell_of_xy_np(dest_x, dest_y)[:, None]
+    v_next = np.where(slot_next < T,
+                      value[o_k[:, None], np.minimum(slot_next, T - 1), cell_dest], 0.0)
+    slot_now = min(int(np.floor(now / CFG.slot_s)), T - 1)
+    v_here = value[o_k[:, None], slot_now, grid.cell_of_xy_np(drv_x, drv_y)[None, :]]
+    return p_done * (fare[:, None] + CFG.gamma ** (dt / CFG.slot_s) * v_next - v_here)
+
+
+def test_two_stage_matching_is_valid_and_never_beats_the_global_optimum(traced):
+    """Every batch: local + cross-platform pairs, scored with the true edge weights (order
+    platform's value table, true pick-up distance), form a matching of the union graph of all
+    platforms whose total never exceeds the global one-shot optimum (scipy, exact)."""
+    P = CFG.max_pending
+    batches_with_cross = 0
+    for b, ((pend, drv), tr, _) in enumerate(traced["batches"]):
+        now = tr.now
+        listed = (drv.status == IDLE) & (drv.bucket_slot >= 0)
+        o_k, o_s = np.nonzero(pend.valid)
+        d_k, d_i = np.nonzero(listed)
+        if len(o_k) == 0:
+            continue
+        # union graph: every order x every listed idle driver of every platform
+        dist = np.hypot(drv.x[d_k, d_i][None] - pend.ox[o_k, o_s][:, None],
+                        drv.y[d_k, d_i][None] - pend.oy[o_k, o_s][:, None])
+        W = _ltd_weights_np(tr.value, o_k, pend.fare[o_k, o_s], pend.duration[o_k, o_s],
+                            pend.dx[o_k, o_s], pend.dy[o_k, o_s], drv.x[d_k, d_i],
+                            drv.y[d_k, d_i], dist, float(now))
+        Wpos = np.where(dist <= CFG.radius_m, np.maximum(W, 0.0), 0.0)
+        r, c = optimize.linear_sum_assignment(Wpos, maximize=True)
+        optimum = Wpos[r, c].sum()
+        # the two stages' pairs as (union row, union column)
+        row_of = {(int(k), int(s)): i for i, (k, s) in enumerate(zip(o_k, o_s))}
+        col_of = {(int(k), int(i)): j for j, (k, i) in enumerate(zip(d_k, d_i))}
+        pairs = []
+        local = np.asarray(tr.local_driver)
+        for k, s in zip(*np.nonzero(local >= 0)):
+            pairs.append((row_of[(int(k), int(s))], col_of[(int(k), int(local[k, s]))]))
+        cross = jax.device_get(tr.cross)
+        for n in np.flatnonzero(cross.executed):
+            pairs.append((row_of[(int(n // P), int(n % P))],
+                          col_of[(int(cross.driver_platform[n]), int(cross.driver[n]))]))
+            assert cross.driver_platform[n] != n // P
+            batches_with_cross += 1
+        if not pairs:
+            continue
+        pr, pc = np.array(pairs).T
+        assert len(set(pr)) == len(pr) and len(set(pc)) == len(pc)   # a matching
+        assert np.all(dist[pr, pc] <= CFG.radius_m + 1e-3)           # of the union graph
+        total = W[pr, pc].sum()
+        assert total <= optimum + 1e-3 * max(1.0, optimum), (b, total, optimum)
+    assert batches_with_cross > 0
+
+
+def test_run_time_knobs_equal_static_configs(market):
+    """Ablations through Knobs (one compiled day) equal the statically configured ones."""
+    keys, pk = _keys(3)
+    static = dataclasses.replace(FED, share_decisions=False, epsilon_p=math.inf)
+    a, _ = protocol.run_fedltd(market.days, keys, pk, CFG, static, market.values)
+    knobs = protocol.Knobs.of(FED, share_decisions=False, epsilon_p=math.inf)
+    b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values, knobs)
+    assert _tree_equal(a.sim, b.sim)
+    with pytest.raises(ValueError, match="epsilon_p"):
+        protocol.Knobs.of(FED, epsilon_p=0.0)
+
+
+def test_most_colliding_matches_a_stable_sort():
+    rng = np.random.default_rng(0)
+    hits = rng.integers(0, 5, size=(7, 40))
+    idx, mask = protocol._most_colliding(jnp.asarray(hits), 6, 4)
+    for r in range(7):
+        order = sorted((-h, c) for c, h in enumerate(hits[r]) if h > 0)[:6]
+        want = [c for _, c in order]
+        got = np.asarray(idx[r])[np.asarray(mask[r])].tolist()
+        assert got == want
+
+
+def test_code_cache_tracks_moves_and_refreshes_at_most_the_cap():
+    fcfg = dataclasses.replace(FED, code_refresh=3)
+    lsh = protocol.encoding.lsh_params(jax.random.PRNGKey(0), fcfg.lsh)
+    x = jnp.linspace(100.0, 9_000.0, 10)
+    drivers = type("D", (), {})()
+    drivers.x, drivers.y = x, x[::-1]
+    cache = protocol.init_codes(drivers, lsh, fcfg)
+    moved = type("D", (), {})()
+    moved.x, moved.y = x.at[jnp.array([1, 4, 6, 8])].add(3_000.0), drivers.y
+    cache = protocol.refresh_codes(cache, moved, lsh, fcfg)
+    direct = np.asarray(protocol.encoding.lsh_codes(lsh, moved.x, moved.y, fcfg.lsh))
+    fresh = np.asarray(cache.x == moved.x)
+    assert fresh.tolist() == [i not in (8,) for i in range(10)]   # cap 3: driver 8 waits
+    np.testing.assert_array_equal(np.asarray(cache.codes)[fresh], direct[fresh])
+    cache = protocol.refresh_codes(cache, moved, lsh, fcfg)
+    np.testing.assert_array_equal(np.asarray(cache.codes), direct)
