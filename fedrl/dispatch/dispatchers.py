@@ -134,9 +134,14 @@ def solve_graph(graph: Graph, cfg: SimConfig, method: str):
 
     if len(sizes) == 1:
         return branch(*sizes[0])(graph.weight, graph.mask)
+    # With classes, a batch without any edge (common: orders but no idle driver nearby) takes
+    # an empty branch instead of the smallest matcher's setup.
+    empty = lambda w, mask: jnp.full((R,), -1, jnp.int32)
+    sizes = ((0, 0),) + sizes
     fits = jnp.array([(n_rows <= r) & (n_cols <= c) for r, c in sizes])
     index = jnp.sum(jnp.cumsum(fits) == 0)  # first class that fits; the last always fits
-    return jax.lax.switch(index, [branch(r, c) for r, c in sizes], graph.weight, graph.mask)
+    return jax.lax.switch(index, [empty] + [branch(r, c) for r, c in sizes[1:]], graph.weight,
+                          graph.mask)
 
 
 def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig):

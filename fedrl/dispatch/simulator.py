@@ -226,33 +226,61 @@ def _k_smallest(dist, k: int, method: str):
     return jnp.stack(idx, 1), jnp.stack(vals, 1)
 
 
-def candidate_edges(state: SimState, cfg: SimConfig) -> Candidates:
-    """For each pending order, its k nearest listed idle drivers within ``radius_m``.
-
-    Searches the 3x3 bucket cells around the order's origin (cells >= radius wide).
-    """
-    p = state.pending
-    col = jnp.clip(jnp.floor(p.ox / cfg.bucket_cell_m).astype(jnp.int32), 0, cfg.bucket_cols - 1)
-    row = jnp.clip(jnp.floor(p.oy / cfg.bucket_cell_m).astype(jnp.int32), 0, cfg.bucket_rows - 1)
+def _search(state: SimState, ox, oy, valid, cfg: SimConfig):
+    """k nearest listed idle drivers within the radius of the points (ox, oy) [R] ->
+    (driver i32[R, k] (-1 none), dist f32[R, k], mask bool[R, k])."""
+    col = jnp.clip(jnp.floor(ox / cfg.bucket_cell_m).astype(jnp.int32), 0, cfg.bucket_cols - 1)
+    row = jnp.clip(jnp.floor(oy / cfg.bucket_cell_m).astype(jnp.int32), 0, cfg.bucket_rows - 1)
     offs = jnp.array([-1, 0, 1], jnp.int32)
     cc = col[:, None, None] + offs[None, None, :]
     rr = row[:, None, None] + offs[None, :, None]
     inside = (cc >= 0) & (cc < cfg.bucket_cols) & (rr >= 0) & (rr < cfg.bucket_rows)
     cell = jnp.clip(rr, 0, cfg.bucket_rows - 1) * cfg.bucket_cols + jnp.clip(
-        cc, 0, cfg.bucket_cols - 1)                                  # [P, 3, 3]
-    P = p.valid.shape[0]
-    cell = cell.reshape(P, 9)
-    ids = state.bucket[cell]                                         # [P, 9, S] row gathers
-    ids = jnp.where(inside.reshape(P, 9)[:, :, None], ids, -1).reshape(P, -1)
-    bx = state.bucket_x[cell].reshape(P, -1)
-    by = state.bucket_y[cell].reshape(P, -1)
-    dist = jnp.hypot(bx - p.ox[:, None], by - p.oy[:, None]) * cfg.pickup_road_factor
-    ok = (ids >= 0) & p.valid[:, None] & (dist <= cfg.radius_m)
+        cc, 0, cfg.bucket_cols - 1)                                  # [R, 3, 3]
+    R = ox.shape[0]
+    cell = cell.reshape(R, 9)
+    ids = state.bucket[cell]                                         # [R, 9, S] row gathers
+    ids = jnp.where(inside.reshape(R, 9)[:, :, None], ids, -1).reshape(R, -1)
+    bx = state.bucket_x[cell].reshape(R, -1)
+    by = state.bucket_y[cell].reshape(R, -1)
+    dist = jnp.hypot(bx - ox[:, None], by - oy[:, None]) * cfg.pickup_road_factor
+    ok = (ids >= 0) & valid[:, None] & (dist <= cfg.radius_m)
     dist = jnp.where(ok, dist, jnp.inf)
     idx, vals = _k_smallest(dist, cfg.k_nearest, cfg.topk_method)
     mask = jnp.isfinite(vals)
     driver = jnp.where(mask, jnp.take_along_axis(ids, idx, axis=1), -1)
-    return Candidates(driver=driver, dist=jnp.where(mask, vals, 0.0), mask=mask)
+    return driver, jnp.where(mask, vals, 0.0), mask
+
+
+def candidate_edges(state: SimState, cfg: SimConfig) -> Candidates:
+    """For each pending order, its k nearest listed idle drivers within ``radius_m``.
+
+    Searches the 3x3 bucket cells around the order's origin (cells >= radius wide). The
+    search ([rows, 9 * bucket_slots] distances and a top-k) runs on the smallest class of
+    ``cfg.candidate_classes`` that holds the valid pending orders (``lax.switch``; the orders
+    are gathered to the front and the results scattered back to their slots, so the result is
+    the same as searching all ``max_pending`` slots): most batches have a few pending orders.
+    """
+    p = state.pending
+    P = p.valid.shape[0]
+    sizes = cfg.pending_sizes
+    if len(sizes) == 1:
+        return Candidates(*_search(state, p.ox, p.oy, p.valid, cfg))
+
+    def branch(R):
+        def run(state):
+            # slots of the first R valid pending orders (P: none)
+            slot = nth_true(jnp.broadcast_to(p.valid, (R, P)), jnp.arange(R, dtype=jnp.int32))
+            src = jnp.minimum(slot, P - 1)
+            driver, dist, mask = _search(state, p.ox[src], p.oy[src], slot < P, cfg)
+            k = driver.shape[1]
+            put = lambda fill, x: jnp.full((P, k), fill, x.dtype).at[slot].set(x, mode="drop")
+            return put(-1, driver), put(0.0, dist), put(False, mask)
+        return run
+
+    n_valid = jnp.sum(p.valid)
+    index = jnp.sum(jnp.array([n_valid > r for r in sizes[:-1]], jnp.int32))
+    return Candidates(*jax.lax.switch(index, [branch(r) for r in sizes], state))
 
 
 def calendar_entries(state: SimState, cfg: SimConfig):

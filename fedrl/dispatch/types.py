@@ -50,6 +50,9 @@ class SimConfig:
     # Smaller (rows, columns) shapes tried first: the matcher runs on the smallest one that
     # holds the batch (lax.switch), since matcher cost grows steeply with the padded size.
     size_classes: tuple = ((8, 24), (16, 48))
+    # Pending-order classes of the candidate search (lax.switch on the number of valid pending
+    # orders, like size_classes for the matcher); () searches all max_pending slots.
+    candidate_classes: tuple = (8, 16)
     bucket_cell_m: float = 2_000.0   # spatial index cell; >= radius so 3x3 cells suffice
     bucket_slots: int = 96           # idle drivers listed per bucket cell
     calendar_batches: int = 6_000    # ring length in batches (> longest pick-up + trip)
@@ -60,6 +63,24 @@ class SimConfig:
     gamma: float = 0.9
     alpha: float = 0.025
     td_online: bool = True           # online TD(0) during the day (learning-to-dispatch only)
+    # Discount of an unmatched candidate's TD target: "elapsed" = gamma ** (batch_s / slot_s)
+    # (gamma is per slot; a batch is 2 s) or "slot" = gamma per batch (the previous rule, which
+    # shrinks V of cells with idle drivers by alpha * 10 % every batch) [see docs/dispatch.md].
+    td_idle_discount: Literal["elapsed", "slot"] = "elapsed"
+    # Offline evaluation: states (slot, cell) without any trip take the count-weighted mean of
+    # visited cells up to this many hexagon rings away (0: they stay 0, i.e. "worthless"), and
+    # if still unvisited the slot's count-weighted mean (value_fill_slot_mean) [reconstructed].
+    value_fill_rings: int = 2
+    value_fill_slot_mean: bool = True
+    # Offline evaluation: replace each visited state's mean by the count-weighted mean over the
+    # cell and its neighbours, this many times (0: off) [reconstructed].
+    value_smooth_rings: int = 1
+    # Offline evaluation: driver time between two trips (idle wait + drive to the pick-up), a
+    # discount gamma ** (value_gap_s / slot_s) on each trip's target, so that V is the value of
+    # an *idle* driver rather than of one whose next trip starts at once (0: trips only, which
+    # overestimates V by ~1.5x in the quick city and makes LTD refuse most orders)
+    # [reconstructed; measured pick-up + idle time per trip: 10-13 min, docs/dispatch.md].
+    value_gap_s: float = 600.0
     # local dispatch
     dispatcher: Literal["nearest", "myopic", "ltd"] = "ltd"
     matcher: Literal["auction", "hungarian", "greedy"] = "auction"
@@ -83,6 +104,13 @@ class SimConfig:
         require_in_range("sim.cancel_p_ref", self.cancel_p_ref, 0.0, 1.0, low_open=True)
         require(self.cancel_p0 > 0 or self.cancel_p_ref == 0,
                 "sim.cancel_p0 must be > 0 for the exponential cancellation curve")
+        require(isinstance(self.value_fill_rings, int) and self.value_fill_rings >= 0,
+                f"sim.value_fill_rings must be an integer >= 0, got {self.value_fill_rings!r}")
+        require(self.value_gap_s >= 0, f"sim.value_gap_s must be >= 0, got {self.value_gap_s!r}")
+        require(isinstance(self.value_smooth_rings, int) and self.value_smooth_rings >= 0,
+                f"sim.value_smooth_rings must be an integer >= 0, got {self.value_smooth_rings!r}")
+        require(self.td_idle_discount in ("elapsed", "slot"),
+                f"sim.td_idle_discount must be elapsed or slot, got {self.td_idle_discount!r}")
         require_in_range("sim.gamma", self.gamma, 0.0, 1.0)
         require_in_range("sim.alpha", self.alpha, 0.0, 1.0)
         require(self.bucket_cell_m >= self.radius_m,
@@ -99,6 +127,8 @@ class SimConfig:
         require(all(len(c) == 2 and int(c[0]) >= 1 and int(c[1]) >= 1
                     for c in self.size_classes),
                 f"sim.size_classes must be (rows, columns) pairs >= 1, got {self.size_classes}")
+        require(all(isinstance(c, int) and c >= 1 for c in self.candidate_classes),
+                f"sim.candidate_classes must be integers >= 1, got {self.candidate_classes}")
         require(self.k_nearest <= 9 * self.bucket_slots,
                 f"sim.k_nearest ({self.k_nearest}) exceeds the candidates a 3x3 bucket block holds")
 
@@ -117,6 +147,12 @@ class SimConfig:
         top = (min(self.max_rows, self.max_pending), self.max_columns)
         small = sorted({(min(int(r), top[0]), min(int(c), top[1])) for r, c in self.size_classes})
         return tuple(s for s in small if s != top) + (top,)
+
+    @property
+    def pending_sizes(self) -> tuple:
+        """Increasing pending-row classes of the candidate search, ending with max_pending."""
+        small = sorted({min(int(r), self.max_pending) for r in self.candidate_classes})
+        return tuple(r for r in small if r != self.max_pending) + (self.max_pending,)
 
     @property
     def num_slots(self) -> int:

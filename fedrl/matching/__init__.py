@@ -11,15 +11,17 @@ so nodes may stay unmatched. All are jit-able and vmap-able over a leading batch
 
 * :func:`auction_match` - Bertsekas' auction with epsilon scaling (forward/reverse), within
   ``min(n, m) * eps_final`` of the optimum; exact for integer weights by default.
+* :func:`auction_match_batch` - the auction over a batch, hard problems re-solved apart.
 * :func:`hungarian_match` - exact, optax's JAX Hungarian algorithm.
 * :func:`greedy_match` - heaviest edge first, >= 1/2 of the optimum.
 * :func:`match` - ``match(weights, mask, method="auction"|"hungarian"|"greedy", **opts)``,
   vmaps over leading batch axes; :data:`MATCHERS` maps method names to matchers.
 """
-from fedrl.matching.auction import auction_match
+from fedrl.matching.auction import auction_match, auction_match_batch
 from fedrl.matching.greedy import greedy_match
 from fedrl.matching.hungarian import hungarian_match
 from fedrl.matching.types import MatchResult
 from fedrl.matching.api import MATCHERS, match
 
-__all__ = ["MatchResult", "auction_match", "hungarian_match", "greedy_match", "match", "MATCHERS"]
+__all__ = ["MatchResult", "auction_match", "auction_match_batch", "hungarian_match", "greedy_match",
+           "match", "MATCHERS"]

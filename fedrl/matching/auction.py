@@ -344,3 +344,70 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
         r2c = jnp.full((n,), -1, jnp.int32).at[target].set(
             jnp.arange(m, dtype=jnp.int32), mode="drop")
     return result_from_rows(weights, r2c, m, iterations=iters, converged=ok)
+
+
+def auction_match_batch(weights, mask=None, *, chunk: int = 32, first_iters: int | None = None,
+                        **options) -> MatchResult:
+    """:func:`auction_match` over a leading batch axis, with the hard problems re-solved apart.
+
+    Under a plain ``vmap`` every bidding round and every scaling phase runs until the slowest
+    problem of the batch is done, so a batch costs about (its hardest problem's rounds) x (the
+    cost of a round over *all* problems). On dispatch-shaped batches half the problems finish in
+    the optimistic first phase (16 rounds) while a few need 80-150 rounds [measured: 256 x 16x48
+    ``dispatch`` instances, 127 of them beyond 16 rounds]. So [reconstructed]:
+
+    1. all problems run with ``max_iters = first_iters`` (default: the optimistic phase's
+       ``first_rounds``, 16);
+    2. the unconverged ones are gathered, ``chunk`` at a time, and solved from scratch with
+       the full ``max_iters`` under ``vmap`` (a ``while_loop`` over chunks).
+
+    A problem that converges in step 1 ran exactly the rounds it runs alone, and step 2 is the
+    plain auction, so with the default ``first_iters`` each problem's result equals
+    ``auction_match`` on it alone (tested), with the same guarantee. Other ``first_iters`` may
+    stop a problem at a certificate met mid-phase (a different matching within the same
+    tolerance). ``iterations`` reports the rounds of the run that produced the result.
+
+    Args:
+      weights: f32[B, n, m]; mask: bool[B, n, m] or None.
+      chunk: problems per re-solve (>= 1); smaller chunks make the hard tail cheaper per round.
+        Batches of at most ``2 * chunk`` problems run the plain ``vmap``.
+      first_iters: round budget of step 1 (None: ``first_rounds``; 0 turns staging off).
+      options: :func:`auction_match` options (``max_iters`` bounds step 2).
+    """
+    weights = jnp.asarray(weights)
+    if weights.ndim != 3:
+        raise ConfigError(f"weights must have shape [batch, n, m], got {weights.shape}")
+    if mask is None:
+        mask = jnp.ones(weights.shape, bool)
+    mask = jnp.asarray(mask)
+    if mask.shape != weights.shape:
+        raise ConfigError(f"mask shape {mask.shape} does not match weights shape {weights.shape}")
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ConfigError(f"chunk must be an int >= 1, got {chunk!r}")
+    max_iters = options.pop("max_iters", 100_000)
+    k1 = options.get("first_rounds", 16) if first_iters is None else first_iters
+    if not (isinstance(k1, int) and k1 >= 0):
+        raise ConfigError(f"first_iters must be an int >= 0 or None, got {first_iters!r}")
+    B = weights.shape[0]
+
+    def solve(budget):
+        return jax.vmap(lambda w, m: auction_match(w, m, max_iters=budget, **options))
+
+    if k1 == 0 or k1 >= max_iters or B <= 2 * chunk:
+        # small batches: the re-solve would be most of the batch again (measured on 64 x
+        # 64x128 dispatch instances: 1.53 vs 1.29 ms/problem for the plain vmap)
+        return solve(max_iters)(weights, mask)
+    first = solve(k1)(weights, mask)
+
+    def body(carry):
+        res, todo = carry
+        idx = jnp.nonzero(todo, size=chunk, fill_value=B)[0]
+        ok = idx < B
+        src = jnp.minimum(idx, B - 1)
+        part = solve(max_iters)(weights[src], mask[src] & ok[:, None, None])
+        tgt = jnp.where(ok, idx, B)
+        res = jax.tree.map(lambda a, b: a.at[tgt].set(b, mode="drop"), res, part)
+        return res, todo.at[tgt].set(False, mode="drop")
+
+    res, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (first, ~first.converged))
+    return res

@@ -84,6 +84,17 @@ def test_candidate_edges_are_the_k_nearest_idle_drivers(mid_state):
     assert not np.asarray(cands.mask)[~p.valid].any()
 
 
+@pytest.mark.parametrize("classes", [(2,), (4, 8), (6,)])
+def test_candidate_classes_give_the_full_search(mid_state, classes):
+    """The pending-count switch of candidate_edges equals searching every pending slot."""
+    state, _ = mid_state
+    full = _cands(state, dataclasses.replace(SMALL, candidate_classes=()))
+    got = _cands(state, dataclasses.replace(SMALL, candidate_classes=classes))
+    assert int(np.sum(np.asarray(state.pending.valid))) == 6  # class 2 overflows, 6 is exact
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_edge_weights_match_numpy(mid_state):
     state, now = mid_state
     cands = _cands(state, SMALL)
@@ -148,8 +159,9 @@ def test_graph_is_a_faithful_dense_copy_and_hungarian_is_optimal(mid_state):
         assert got == pytest.approx(cost[r, c].sum(), rel=1e-5)
 
 
-def test_td0_update_matches_numpy():
-    cfg = SMALL
+@pytest.mark.parametrize("idle", ["elapsed", "slot"])
+def test_td0_update_matches_numpy(idle):
+    cfg = dataclasses.replace(SMALL, td_idle_discount=idle)
     rng = np.random.default_rng(1)
     V = rng.normal(size=(cfg.num_slots, value_grid(cfg).num_cells)).astype(np.float32)
     n = 40
@@ -164,16 +176,57 @@ def test_td0_update_matches_numpy():
     ref = V.astype(np.float64).copy()
     slot = int(t // 600)
     cells = _np_cell(x, y, cfg)
+    # unmatched target: gamma per 10-min slot -> 0.9 ** (2 s / 600 s) per batch ("elapsed")
+    g = 0.9 ** (2.0 / 600.0) if idle == "elapsed" else 0.9
     for i in range(n):
         if not valid[i]:
             continue
         v_old = V[slot, cells[i]]  # synchronous: increments use V before the batch
-        ref[slot, cells[i]] += 0.025 * w[i] if matched[i] else 0.025 * (0.9 * v_old - v_old)
+        ref[slot, cells[i]] += 0.025 * w[i] if matched[i] else 0.025 * (g * v_old - v_old)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_offline_policy_evaluation_matches_sequential_numpy():
+def _np_neighbors(cfg):
+    """Adjacent hexagons by centre distance (sqrt(3) * radius), independent of the grid code."""
+    c = value_grid(cfg).centers.astype(np.float64)
+    d = np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1])
+    adj = np.abs(d - math.sqrt(3) * cfg.value_cell_m) < 1.0
+    return [np.flatnonzero(a) for a in adj]
+
+
+def _np_smooth_fill(v, n, nbrs, smooth, rings, slot_mean):
+    """Loop re-computation of value.smooth_values and value.fill_unvisited for one slot."""
+    val, wt = v.copy(), np.where(n > 0, n, 0.0)
+    for _ in range(smooth):
+        nv, nw = val.copy(), wt.copy()
+        for c in range(len(v)):
+            tw = wt[c] + sum(wt[j] for j in nbrs[c])
+            if tw > 0:
+                nv[c] = (wt[c] * val[c] + sum(wt[j] * val[j] for j in nbrs[c])) / tw
+            nw[c] = tw
+        val, wt = nv, nw
+    smoothed = val.copy()
+    known = n > 0
+    fw = np.where(known, n, 0.0)
+    for _ in range(rings):
+        nv, nw, nk = val.copy(), fw.copy(), known.copy()
+        for c in np.flatnonzero(~known):
+            tw = sum(fw[j] for j in nbrs[c] if known[j])
+            if tw > 0:
+                nv[c] = sum(fw[j] * val[j] for j in nbrs[c] if known[j]) / tw
+                nw[c], nk[c] = tw, True
+        val, fw, known = nv, nw, nk
+    if slot_mean and n.sum() > 0:
+        val = np.where(known, val, (n * smoothed).sum() / n.sum())
+    return val
+
+
+@pytest.mark.parametrize("variant", ["trips_only", "default"])
+def test_offline_policy_evaluation_matches_sequential_numpy(variant):
     cfg = dataclasses.replace(SMALL, slot_s=1800.0)  # 48 slots keep the reference loop short
+    if variant == "trips_only":   # Xu et al.'s plain trip evaluation
+        cfg = dataclasses.replace(cfg, value_gap_s=0.0, value_smooth_rings=0,
+                                  value_fill_rings=0, value_fill_slot_mean=False)
     rng = np.random.default_rng(2)
     n = 300
     t0 = rng.uniform(0, 86_400, n)
@@ -188,13 +241,19 @@ def test_offline_policy_evaluation_matches_sequential_numpy():
     Vr = np.zeros((S, value_grid(cfg).num_cells))
     Nr = np.zeros_like(Vr)
     g = cfg.gamma
+    g_gap = g ** (cfg.value_gap_s / cfg.slot_s)
+    nbrs = _np_neighbors(cfg)
     for s in range(S - 1, -1, -1):          # backward over time slots
         for i in np.flatnonzero(slot0 == s):  # one trip at a time, step size 1/N(s)
             Ti = T[i]
             r_gamma = sum(g ** k * fare[i] / Ti for k in range(Ti))
             nxt = Vr[s + Ti, c1[i]] if s + Ti < S else 0.0
             Nr[s, c0[i]] += 1
-            Vr[s, c0[i]] += (r_gamma + g ** Ti * nxt - Vr[s, c0[i]]) / Nr[s, c0[i]]
+            Vr[s, c0[i]] += (g_gap * (r_gamma + g ** Ti * nxt) - Vr[s, c0[i]]) / Nr[s, c0[i]]
+        Vr[s] = _np_smooth_fill(Vr[s], Nr[s], nbrs, cfg.value_smooth_rings,
+                                cfg.value_fill_rings, cfg.value_fill_slot_mean)
     np.testing.assert_allclose(np.asarray(N), Nr)
     np.testing.assert_allclose(np.asarray(V), Vr, rtol=1e-4, atol=1e-3)
-    assert (Vr > 0).sum() > 50
+    assert (Nr > 0).sum() > 50
+    if variant == "default":  # the fill reached states without trips
+        assert ((Nr == 0) & (np.abs(Vr) > 0)).sum() > 50

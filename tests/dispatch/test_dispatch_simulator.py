@@ -87,7 +87,11 @@ def test_vmap_over_platforms_equals_per_platform_runs(all_days):
 
 @pytest.mark.parametrize("field,value", [("radius_m", -1.0), ("k_nearest", 0),
                                          ("bucket_cell_m", 1000.0), ("gamma", 1.5),
-                                         ("matcher", "simplex"), ("max_pending", 2.5)])
+                                         ("matcher", "simplex"), ("max_pending", 2.5),
+                                         ("value_gap_s", -1.0), ("value_fill_rings", -1),
+                                         ("value_smooth_rings", 1.5),
+                                         ("td_idle_discount", "batch"),
+                                         ("candidate_classes", (0,))])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         dataclasses.replace(SimConfig(), **{field: value}).validate()

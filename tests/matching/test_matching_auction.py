@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fedrl.config import ConfigError
-from fedrl.matching import auction_match
+from fedrl.matching import auction_match, auction_match_batch, match
 
 from matching_reference import (KINDS, batch, check_valid, max_cardinality, np_instances,
                                 optima, optimum)
@@ -67,6 +67,22 @@ def test_dispatch_shaped_batch_and_vmap_equals_loop():
         np.testing.assert_array_equal(one.row_to_col, batched.row_to_col[k])
         np.testing.assert_array_equal(one.col_to_row, batched.col_to_row[k])
         assert int(one.iterations) == int(batched.iterations[k])
+
+
+def test_staged_batch_equals_vmap(kind="dispatch", chunk=8):
+    """auction_match_batch (via match on a [2, 24] batch) == vmapped auction_match."""
+    w, mask = np_instances(kind, 48, 16, 48, seed=12)
+    plain = jax.jit(jax.vmap(auction_match))(w, mask)
+    # through match(): a batch of auction problems goes to auction_match_batch (2 x 24 here)
+    staged = jax.jit(lambda a, b: match(a, b, method="auction", chunk=chunk))(
+        w.reshape(2, 24, 16, 48), mask.reshape(2, 24, 16, 48))
+    staged = jax.tree.map(lambda x: x.reshape((48,) + x.shape[2:]), staged)
+    if kind == "dispatch":  # several re-solve chunks
+        assert int(np.sum(np.asarray(plain.iterations) > 16)) > 2 * chunk
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(staged)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ConfigError, match="chunk"):
+        auction_match_batch(w, mask, chunk=0)
 
 
 def test_eps_cs_bound_without_certificate():
