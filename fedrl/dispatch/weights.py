@@ -30,7 +30,8 @@ def completion_probability(dist, cfg: SimConfig):
 
 def trip_time(dist, duration, cfg: SimConfig):
     """Seconds from assignment to drop-off: pick-up at ``pickup_speed_ms`` plus the trip."""
-    return dist * cfg.pickup_road_factor / cfg.pickup_speed_ms + duration
+    # ``dist`` is already the road pick-up distance (candidate_edges applies the road factor)
+    return dist / cfg.pickup_speed_ms + duration
 
 
 def edge_weights(kind: str, dist, fare, duration, dest_x, dest_y, drv_x, drv_y, now, value,
