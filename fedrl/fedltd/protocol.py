@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedrl.config import ConfigError
 from fedrl.dispatch import dispatchers
 from fedrl.dispatch.schedule import DayData
 from fedrl.dispatch.simulator import (close_batch, dispatch_batch, dispatch_drivers,
@@ -114,7 +115,6 @@ class Knobs:
             raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(values)}")
         values.update(overrides)
         if not float(values["epsilon_p"]) > 0:
-            from fedrl.config import ConfigError
             raise ConfigError(f"epsilon_p must be > 0 (inf for no noise), got "
                               f"{values['epsilon_p']!r}")
         return cls(share_models=jnp.asarray(bool(values["share_models"])),
