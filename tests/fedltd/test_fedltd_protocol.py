@@ -321,3 +321,15 @@ def test_code_cache_tracks_moves_and_refreshes_at_most_the_cap():
     np.testing.assert_array_equal(np.asarray(cache.codes)[fresh], direct[fresh])
     cache = protocol.refresh_codes(cache, moved, lsh, fcfg)
     np.testing.assert_array_equal(np.asarray(cache.codes), direct)
+
+
+def test_market_from_gaia_files(tmp_path):
+    """--data DIR: GAIA-format files (written by the generator) split across platforms."""
+    from fedrl.data.city import generate_day, write_day
+    write_day(tmp_path, generate_day(dataclasses.replace(CITY, hours=24.0, start_hour=0.0), 5),
+              gps=False)
+    m = prepare_market(CITY, CFG, MarketConfig(shares=(0.6, 0.4)), seed=1,
+                       data_dir=str(tmp_path))
+    assert m.days.driver_x.shape[0] == 2 and m.train_eval_same_day   # one file: flagged
+    assert sum(i.num_orders for i in m.infos) == m.global_info.num_orders > 0
+    assert abs(m.order_share[0] - 0.6) < 0.1
