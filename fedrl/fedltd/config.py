@@ -26,7 +26,9 @@ class FedLTDConfig:
     # weights of the average: "uniform", or "orders" (orders seen so far, capped at
     # weight_cap and revealed only inside the secure sum, as in secure FedAvg)
     aggregation_weights: Literal["uniform", "orders"] = "orders"
-    weight_cap: float = 1.0e6
+    # public cap of the weights (orders); the masked mean encodes min(w / cap, 1) * V, so the
+    # cap should be near the orders a platform sees in a day (above it weights saturate)
+    weight_cap: float = 1.0e5
     # V_k <- (1 - mix) V_k + mix * aggregate; 1.0 is plain FedAvg [reconstructed]
     mix: float = 1.0
     # "masks": Bonawitz pairwise masks in Z_2^32 (lossless up to fixed point, the paper's

@@ -21,13 +21,19 @@ from fedrl.federated.aggregation import Cohort, secure_mean, weighted_mean
 from fedrl.fedltd.config import FedLTDConfig
 
 
-def aggregation_weights(orders_seen, cfg: FedLTDConfig):
-    """Per-platform weights [K] of the average: 1 each, or the orders seen so far."""
+def aggregation_weights(orders_seen, cfg: FedLTDConfig, first=False):
+    """Per-platform weights [K] of the average: 1 each, or the orders seen so far.
+
+    ``first`` (the public fact that this is the day's first round, before any order) gives
+    the pretrained tables equal weights ``weight_cap``: the masked mean encodes
+    ``min(w / weight_cap, 1) * V`` in fixed point, so a weight far below the cap would be
+    rounded to a few fixed-point steps.
+    """
     if cfg.aggregation_weights == "uniform":
         return jnp.ones_like(orders_seen, jnp.float32)
-    # a platform that has seen nothing yet still counts a little (no division by zero at the
-    # start of the day, when the pretrained tables are averaged)
-    return jnp.maximum(orders_seen.astype(jnp.float32), 1.0)
+    # a platform that has seen nothing yet still counts a little (no division by zero)
+    w = jnp.maximum(orders_seen.astype(jnp.float32), 1.0)
+    return jnp.where(first, jnp.float32(cfg.weight_cap), w)
 
 
 def average_values(values, weights, key, cfg: FedLTDConfig):
@@ -50,9 +56,9 @@ def blend(values, mean, cfg: FedLTDConfig):
     return ((1.0 - cfg.mix) * values + cfg.mix * mean[None]).astype(values.dtype)
 
 
-def aggregate_models(values, orders_seen, key, cfg: FedLTDConfig):
+def aggregate_models(values, orders_seen, key, cfg: FedLTDConfig, first=False):
     """One aggregation round: average through the secure sum, then blend -> new [K, ...]."""
-    mean = average_values(values, aggregation_weights(orders_seen, cfg), key, cfg)
+    mean = average_values(values, aggregation_weights(orders_seen, cfg, first), key, cfg)
     return blend(values, mean, cfg)
 
 

@@ -39,7 +39,7 @@ from fedrl.dispatch import dispatchers
 from fedrl.dispatch.schedule import DayData
 from fedrl.dispatch.simulator import (close_batch, dispatch_batch, dispatch_drivers,
                                       init_state, prefix_count, residual_graph, serve_orders)
-from fedrl.dispatch.types import BatchLog, Candidates, SimConfig, SimState
+from fedrl.dispatch.types import IDLE, BatchLog, Candidates, SimConfig, SimState
 from fedrl.dispatch.value import init_value
 from fedrl.dispatch.weights import cancel_probability, edge_weights, order_advantage
 from fedrl.fedltd import encoding
@@ -91,7 +91,9 @@ class CrossLog:
     declined: jnp.ndarray      # ... declined by the driver's platform (too far)
     matched: jnp.ndarray       # executed (cancellations included)
     revenue: jnp.ndarray       # fares of completed cross-platform trips
-    driver_overflow: jnp.ndarray  # idle drivers not sent (max_residual_drivers)
+    driver_overflow: jnp.ndarray  # idle drivers not sent (max_residual_drivers, stale codes)
+    server_rows_dropped: jnp.ndarray     # orders with candidates beyond server_rows
+    server_columns_dropped: jnp.ndarray  # candidate drivers beyond server_columns
 
     @classmethod
     def zeros(cls) -> "CrossLog":
@@ -191,7 +193,10 @@ def refresh_codes(cache: DriverCodes, drivers, lsh: encoding.LSHParams,
                   fcfg: FedLTDConfig) -> DriverCodes:
     """Re-hash up to ``code_refresh`` drivers whose position changed (the rest next batch;
     until then :func:`encode_residual` does not send them)."""
-    moved = (drivers.x != cache.x) | (drivers.y != cache.y)
+    # only drivers that can be sent (listed idle) spend the refresh budget; a busy driver's
+    # new position (his destination) is hashed once he is idle again
+    listed = (drivers.status == IDLE) & (drivers.bucket_slot >= 0)
+    moved = ((drivers.x != cache.x) | (drivers.y != cache.y)) & listed
     cap = min(fcfg.code_refresh, moved.shape[0])
     rank = dispatchers.prefix_count(moved) - 1
     keep = moved & (rank < cap)
@@ -235,12 +240,16 @@ def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParam
     else:
         noisy = laplace_release(key, w, eps, fcfg.weight_lower, fcfg.weight_upper)
         w = jnp.where(jnp.isfinite(eps), noisy, clipped)
+    # nothing about a slot that is not in the residual graph (a slot keeps the fields of the
+    # order it last held): zero codes, digest and weight
     orders = OrderMessage(
-        digest=encoding.salted_digest(salt, p.order, platform),
-        codes=codes(p.ox, p.oy), weight=jnp.where(p.valid, w, 0.0), valid=p.valid)
+        digest=jnp.where(p.valid[:, None], encoding.salted_digest(salt, p.order, platform), 0),
+        codes=jnp.where(p.valid[:, None], codes(p.ox, p.oy), 0),
+        weight=jnp.where(p.valid, w, 0.0), valid=p.valid)
     sent = (ids >= 0) & fresh
-    drivers = DriverMessage(digest=encoding.salted_digest(salt, ids, platform),
-                            codes=driver_codes, valid=sent)
+    drivers = DriverMessage(
+        digest=jnp.where(sent[:, None], encoding.salted_digest(salt, ids, platform), 0),
+        codes=jnp.where(sent[:, None], driver_codes, 0), valid=sent)
     return orders, drivers, jnp.where(sent, ids, -1), overflow + jnp.sum((ids >= 0) & ~sent)
 
 
@@ -281,9 +290,11 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
     Candidate pairs: a driver and an order of *different* platforms whose LSH codes collide
     in at least one table; each order keeps its ``server_k`` drivers colliding in the most
     tables; the edge weight is the order's noisy weight (plus ``collision_bonus`` per share
-    of colliding tables). ``oracle=(dist, weight)`` [K*P, K*R] replaces the hashes by true
-    distances and weights (test/ablation mode ``lsh.kind="exact"``: not private).
-    Returns (ServerDecision, (candidate mask [N, K*R], total weight)).
+    of colliding tables); orders released at or below ``weight_lower`` are not worth a
+    driver (max-weight semantics, as in local matching). ``oracle=(dist, weight)``
+    [K*P, K*R] replaces the hashes by true distances and weights (test/ablation mode
+    ``lsh.kind="exact"``: not private). Returns (ServerDecision, info) with info = (candidate
+    mask [N, K*R], total weight, order rows and driver columns left out of the matrix).
     """
     K, P = view.orders.valid.shape
     R = view.drivers.valid.shape[1]
@@ -294,10 +305,10 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
     if oracle is None:
         hits = encoding.collision_count(_flat(view.orders.codes)[:, None, :],
                                         _flat(view.drivers.codes)[None, :, :])
-        cand = allowed & (hits > 0)
-        weight = (_flat(view.orders.weight)[:, None]
+        released = _flat(view.orders.weight)
+        cand = allowed & (hits > 0) & (released > fcfg.weight_lower)[:, None]
+        weight = (released[:, None]
                   + fcfg.collision_bonus * hits.astype(jnp.float32) / fcfg.lsh.num_tables)
-        score = jnp.where(cand, hits.astype(jnp.float32), -1.0)
         dist = jnp.zeros(cand.shape, jnp.float32)
     else:
         dist, weight = oracle
@@ -313,8 +324,8 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
                        dist=jnp.where(mask, jnp.take_along_axis(dist, idx, axis=1), 0.0),
                        mask=mask)
     w = jnp.where(mask, jnp.take_along_axis(weight, idx, axis=1), 0.0)
-    row_slot, sub, sub_w, _ = dispatchers.compact_rows(cands, w, scfg.max_rows)
-    graph, _ = dispatchers.build_graph(sub, sub_w, K * R, scfg)
+    row_slot, sub, sub_w, rows_dropped = dispatchers.compact_rows(cands, w, scfg.max_rows)
+    graph, cols_dropped = dispatchers.build_graph(sub, sub_w, K * R, scfg)
     rows = dispatchers.solve_graph(graph, scfg, fcfg.server_matcher)
     assigned = dispatchers.expand_rows(
         dispatchers.assignment_from_match(graph, rows, False), row_slot, K * P)
@@ -323,7 +334,7 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
         order_digest=_flat(view.orders.digest),
         driver_digest=_flat(view.drivers.digest)[jnp.maximum(assigned.driver, 0)],
         valid=ok)
-    return decision, (cand, jnp.sum(assigned.weight))
+    return decision, (cand, jnp.sum(assigned.weight), rows_dropped, cols_dropped)
 
 
 def decode_decision(decision: ServerDecision, orders: OrderMessage, drivers: DriverMessage):
@@ -448,7 +459,8 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
     oracle = None
     if fcfg.lsh.kind == "exact":
         oracle = (dist, oracle_weights(sim, dist, driver_xy, now, cfg))
-    decision, (cand, _) = server_match(view, fcfg, server_config(cfg, fcfg, K * P), oracle)
+    decision, (cand, _, rows_dropped, cols_dropped) = server_match(
+        view, fcfg, server_config(cfg, fcfg, K * P), oracle)
     slot_row, row_sent = jax.vmap(decode_decision, in_axes=(None, 0, 0))(
         decision, view.orders, view.drivers)
     sim, pairs, (proposed, declined, revenue) = execute_decisions(
@@ -462,7 +474,8 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
     log = CrossLog(candidates=f(cand), false_pairs=f(cand & ~near), near_pairs=f(near),
                    near_found=f(cand & near), proposed=f(proposed), declined=f(declined),
                    matched=f(pairs.executed), revenue=revenue.astype(jnp.float32),
-                   driver_overflow=f(overflow))
+                   driver_overflow=f(overflow), server_rows_dropped=f(rows_dropped),
+                   server_columns_dropped=f(cols_dropped))
     return sim, log, pairs
 
 
@@ -513,7 +526,8 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
                  if share_models else jnp.array(False))
     if share_models:
         value = jax.lax.cond(
-            aggregate, lambda v: aggregate_models(v, sim.totals.arrived, k_model, fcfg),
+            aggregate, lambda v: aggregate_models(v, sim.totals.arrived, k_model, fcfg,
+                                                  first=batch == 0),
             lambda v: v, sim.value)
         sim = sim.replace(value=value)
     used_value = sim.value
@@ -528,8 +542,13 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
         codes = jax.vmap(lambda c, d: refresh_codes(c, d, state.lsh, fcfg))(codes, sim.drivers)
         w = jax.vmap(lambda s: order_weights(s, now, cfg))(sim)
         eps = state.knobs.epsilon_p
-        worth = state.knobs.share_decisions & jnp.any(
-            sim.pending.valid & ((w > fcfg.weight_lower) | jnp.isfinite(eps)))
+        # skip step 3 when the server could match nothing: no unmatched order, or (without
+        # noise) none released above weight_lower; the oracle mode scores edges, not orders
+        if fcfg.lsh.kind == "exact":
+            useful = sim.pending.valid
+        else:
+            useful = sim.pending.valid & ((w > fcfg.weight_lower) | jnp.isfinite(eps))
+        worth = state.knobs.share_decisions & jnp.any(useful)
         sim, cross, pairs = jax.lax.cond(
             worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg, eps,
                                             codes),
