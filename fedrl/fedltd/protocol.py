@@ -85,7 +85,8 @@ class CrossLog:
     """Per-batch record of step 3 (zeros in batches where it is skipped)."""
     candidates: jnp.ndarray    # candidate cross-platform pairs the server found
     false_pairs: jnp.ndarray   # ... of which farther apart than the pick-up radius
-    near_pairs: jnp.ndarray    # true cross-platform residual pairs within the radius
+    near_pairs: jnp.ndarray    # true cross-platform residual pairs within the radius (orders
+                               # released above weight_lower, sent drivers)
     near_found: jnp.ndarray    # ... of which the server saw as candidates (LSH recall)
     proposed: jnp.ndarray      # pairs the server returned
     declined: jnp.ndarray      # ... declined by the driver's platform (too far)
@@ -468,8 +469,13 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
     R = sent_ids.shape[1]
     d_plat = jnp.repeat(jnp.arange(K), R)
     o_plat = jnp.repeat(jnp.arange(K), P)
+    # true near pairs among the orders the server would match (released above
+    # weight_lower; every valid order in the oracle mode) and the sent drivers
+    wanted = _flat(view.orders.valid)
+    if oracle is None:
+        wanted = wanted & (_flat(view.orders.weight) > fcfg.weight_lower)
     near = ((dist <= cfg.radius_m) & (o_plat[:, None] != d_plat[None, :])
-            & _flat(view.orders.valid)[:, None] & _flat(view.drivers.valid)[None, :])
+            & wanted[:, None] & _flat(view.drivers.valid)[None, :])
     f = lambda x: jnp.sum(x).astype(jnp.float32)
     log = CrossLog(candidates=f(cand), false_pairs=f(cand & ~near), near_pairs=f(near),
                    near_found=f(cand & near), proposed=f(proposed), declined=f(declined),
