@@ -14,7 +14,6 @@ system's secure FedAvg.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from fedrl.federated.aggregation import Cohort, secure_mean, weighted_mean
@@ -98,19 +97,3 @@ def paillier_aggregation_seconds(values, cfg: FedLTDConfig, *, entries: int = 64
             "table_entries": int(v.shape[1]), "seconds_full_table": per_entry * v.shape[1],
             "key_bits": key_bits, "platforms": int(v.shape[0])}
 
-
-def time_jitted(fn, *args, repeats: int = 5) -> dict:
-    """Compile time and median steady-state time of ``jax.jit(fn)(*args)``."""
-    import time
-
-    import numpy as np
-    jitted = jax.jit(fn)
-    start = time.perf_counter()
-    jax.block_until_ready(jitted(*args))
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
-        times.append(time.perf_counter() - start)
-    return {"compile_s": compile_s, "seconds": float(np.median(times))}

@@ -159,7 +159,7 @@ def order_weights(state: SimState, now, cfg: SimConfig):
 def listed_drivers(state: SimState, limit: int):
     """The first ``limit`` listed idle drivers -> (ids i32[limit] (-1 pad), overflow)."""
     _, listed = residual_graph(state)
-    rank = dispatchers.prefix_count(listed) - 1
+    rank = prefix_count(listed) - 1
     keep = listed & (rank < limit)
     ids = jnp.full((limit,), -1, jnp.int32).at[jnp.where(keep, rank, limit)].set(
         jnp.arange(listed.shape[0], dtype=jnp.int32), mode="drop")
@@ -199,7 +199,7 @@ def refresh_codes(cache: DriverCodes, drivers, lsh: encoding.LSHParams,
     listed = (drivers.status == IDLE) & (drivers.bucket_slot >= 0)
     moved = ((drivers.x != cache.x) | (drivers.y != cache.y)) & listed
     cap = min(fcfg.code_refresh, moved.shape[0])
-    rank = dispatchers.prefix_count(moved) - 1
+    rank = prefix_count(moved) - 1
     keep = moved & (rank < cap)
     D = moved.shape[0]
     ids = jnp.full((cap,), -1, jnp.int32).at[jnp.where(keep, rank, cap)].set(
