@@ -1,6 +1,12 @@
 """Benchmarks of fedrl: prints a table and optionally writes JSON.
 
-    python scripts/bench.py [--only NAME[,NAME]] [--json OUT] [--quick]
+    python scripts/bench.py [--only NAME[,NAME]] [--json OUT] [--quick] [--host-devices N]
+
+On CPU, XLA runs small ops (the per-party matmuls of a vmapped round) on one thread; cases that
+spread work over devices (``fed_dqn``'s sharded round) use both cores of a 2-core machine only
+through several host devices. ``--host-devices`` (default: one per CPU core) sets
+``XLA_FLAGS=--xla_force_host_platform_device_count`` before JAX starts, unless XLA_FLAGS already
+sets it; single-device cases run on the first device as usual. It does nothing to GPUs.
 
 Every case compares against a baseline measured in the same run and reports the ratio
 (``value / baseline_value`` for throughputs, ``baseline_value / value`` for times, so that
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import time
@@ -36,6 +43,21 @@ def discover() -> dict[str, object]:
         if hasattr(module, "run"):
             cases[getattr(module, "NAME", info.name)] = module
     return cases
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def set_host_devices(n: int) -> None:
+    """Ask XLA for ``n`` CPU host devices (must run before JAX initialises its backends)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def device_description() -> str:
@@ -63,7 +85,12 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated case names")
     parser.add_argument("--json", default=None, help="write results as JSON to this path")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
+    parser.add_argument("--host-devices", type=int, default=0,
+                        help="CPU host devices (default 0: one per core; 1: a single device)")
     args = parser.parse_args(argv)
+    if args.host_devices < 0:
+        parser.error(f"--host-devices must be >= 0, got {args.host_devices}")
+    set_host_devices(args.host_devices or cpu_cores())
 
     cases = discover()
     names = list(cases) if args.only is None else [n.strip() for n in args.only.split(",")]

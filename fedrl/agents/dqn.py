@@ -183,16 +183,12 @@ class DQN(NamedTuple):
                         env_state=env_state, obs=obs,
                         steps=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32))
 
-    def train_step(self, env: EnvFns, state: DQNState, env_params: PyTree, key: jax.Array,
-                   active: jax.Array) -> tuple[DQNState, dict]:
-        """One environment step in each of the agent's E environments plus (maybe) one update.
-
-        ``active`` (bool scalar) freezes the whole agent when False: it lets parties with a
-        smaller local budget (system heterogeneity) sit out the tail of a round with static
-        shapes.
-        """
-        c = self.config
-        k_act, k_env, k_update = jax.random.split(key, 3)
+    def collect(self, env: EnvFns, state: DQNState, env_params: PyTree, k_act: jax.Array,
+                k_env: jax.Array, active: jax.Array) -> tuple[DQNState, dict]:
+        """One epsilon-greedy environment step in each of the agent's E environments, stored in
+        the replay buffer. ``active`` (bool scalar) False freezes the agent: it lets parties with
+        a smaller local budget (system heterogeneity) sit out the tail of a round with static
+        shapes."""
         num_envs = state.obs.shape[0]
         action = self.act(k_act, state.params, state.obs, self.epsilon(state.steps))
         next_obs, env_state, reward, done, info = jax.vmap(env.step)(
@@ -209,28 +205,54 @@ class DQN(NamedTuple):
             env_state=_select(active, env_state, state.env_state),
             obs=jnp.where(active, next_obs, state.obs),
             steps=state.steps + active.astype(jnp.int32))
-
-        do_update = (active & (buffer.size >= max(c.learning_starts, c.batch_size))
-                     & (moved.steps % c.train_every == 0))
-        updated, loss = self.update(moved, k_update)
-        target = updated.target_params
-        if c.target_update_every > 0:
-            sync = updated.updates % c.target_update_every == 0
-            target = _select(sync, updated.params, target)
-        new_state = moved.replace(
-            params=_select(do_update, updated.params, moved.params),
-            target_params=_select(do_update, target, moved.target_params),
-            opt_state=_select(do_update, updated.opt_state, moved.opt_state),
-            updates=jnp.where(do_update, updated.updates, moved.updates))
         metrics = {"reward": jnp.where(active, jnp.mean(reward), 0.0),
-                   "loss": jnp.where(do_update, loss, 0.0),
-                   "updated": do_update.astype(jnp.int32),
                    "episodes": jnp.where(active, jnp.sum(done), 0)}
+        return moved, metrics
+
+    def wants_update(self, state: DQNState) -> jax.Array:
+        """The update schedule, read after ``collect``: a gradient step every ``train_every``
+        env steps once the buffer holds ``max(learning_starts, batch_size)`` transitions."""
+        c = self.config
+        return ((state.buffer.size >= max(c.learning_starts, c.batch_size))
+                & (state.steps % c.train_every == 0))
+
+    def sync_due(self, state: DQNState) -> jax.Array:
+        """Whether the update just applied is one on which the target network is synced."""
+        every = self.config.target_update_every
+        if every <= 0:
+            return jnp.zeros(state.updates.shape, bool)
+        return state.updates % every == 0
+
+    def train_step(self, env: EnvFns, state: DQNState, env_params: PyTree, key: jax.Array,
+                   active: jax.Array) -> tuple[DQNState, dict]:
+        """One environment step in each of the agent's E environments plus (maybe) one update.
+
+        The update runs under ``lax.cond``, so one agent skips it for real. Under ``vmap`` the
+        cond becomes a select over every parameter and both branches run: to train several
+        agents at once use :meth:`train_parties`, which decides once per step for all of them.
+        """
+        k_act, k_env, k_update = jax.random.split(key, 3)
+        moved, metrics = self.collect(env, state, env_params, k_act, k_env, active)
+        do_update = active & self.wants_update(moved)
+
+        # Only the fields an update changes go through the cond (not the replay buffer, which
+        # XLA might otherwise copy to the cond's output).
+        def learn(s):
+            new, loss = self.update(s, k_update)
+            target = jax.lax.cond(self.sync_due(new), lambda: new.params,
+                                  lambda: new.target_params)
+            return _learned(new.replace(target_params=target)), loss
+
+        learned, loss = jax.lax.cond(do_update, learn, lambda s: (_learned(s), jnp.zeros(())),
+                                     moved)
+        new_state = moved.replace(**learned)
+        metrics = {**metrics, "loss": loss, "updated": do_update.astype(jnp.int32)}
         return new_state, metrics
 
     def train(self, env: EnvFns, state: DQNState, env_params: PyTree, key: jax.Array,
               num_steps: int, budget: jax.Array | int | None = None) -> tuple[DQNState, dict]:
-        """``num_steps`` train steps as one ``lax.scan``; steps >= ``budget`` are skipped.
+        """``num_steps`` train steps of one agent as one ``lax.scan``; steps >= ``budget`` are
+        skipped.
 
         Returns the final state and per-run metrics: summed reward per environment, mean loss,
         the number of gradient updates and of environment transitions collected.
@@ -243,14 +265,56 @@ class DQN(NamedTuple):
             return new, metrics
 
         state, metrics = jax.lax.scan(body, state, jnp.arange(num_steps))
-        num_updates = jnp.sum(metrics["updated"])
-        summary = {"reward_per_step": jnp.sum(metrics["reward"]) / jnp.maximum(
-                       jnp.minimum(budget, num_steps), 1),
-                   "loss": jnp.sum(metrics["loss"]) / jnp.maximum(num_updates, 1),
-                   "updates": num_updates,
-                   "transitions": jnp.minimum(budget, num_steps) * state.obs.shape[0],
-                   "episodes": jnp.sum(metrics["episodes"])}
-        return state, summary
+        return state, _summary(metrics, budget, num_steps, state.obs.shape[0])
+
+    def train_parties(self, env: EnvFns, states: DQNState, env_params: PyTree, keys: jax.Array,
+                      num_steps: int, budgets: jax.Array | None = None) -> tuple[DQNState, dict]:
+        """Local training of P agents at once (leading axis P on ``states``, ``env_params``,
+        ``keys`` and ``budgets``): a ``lax.scan`` over steps of a ``vmap`` over agents.
+
+        Same result as ``vmap`` of :meth:`train` (tested), but faster: the gradient update is
+        decided once per step for the whole cohort -- every agent updates (the usual case:
+        equal budgets, the same schedule), none does, or some do (unequal budgets or buffer
+        sizes), in which case only that step pays for a masked update -- where ``vmap(train)``
+        turns each agent's ``cond`` into a select that copies every parameter and optimizer
+        moment on every step. The target sync is decided the same way.
+        """
+        num_agents = keys.shape[0]
+        budgets = (jnp.full((num_agents,), num_steps, jnp.int32) if budgets is None
+                   else jnp.asarray(budgets, jnp.int32))
+        collect = jax.vmap(lambda s, p, ka, ke, a: self.collect(env, s, p, ka, ke, a))
+        update = jax.vmap(self.update)
+
+        def body(carry, t):
+            step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, t), 3))(keys)
+            active = t < budgets
+            moved, metrics = collect(carry, env_params, step_keys[:, 0], step_keys[:, 1], active)
+            do = active & jax.vmap(self.wants_update)(moved)
+
+            def learn_all(s):
+                new, loss = update(s, step_keys[:, 2])
+                return _learned(new), loss
+
+            def learn_some(s):
+                learned, loss = learn_all(s)
+                return _select(do, learned, _learned(s)), jnp.where(do, loss, 0.0)
+
+            def learn_none(s):
+                return _learned(s), jnp.zeros_like(s.updates, jnp.float32)
+
+            branch = jnp.where(jnp.all(do), 2, jnp.where(jnp.any(do), 1, 0))
+            learned, loss = jax.lax.switch(branch, (learn_none, learn_some, learn_all), moved)
+            new = moved.replace(**learned)
+            sync = do & jax.vmap(self.sync_due)(new)
+            target = jax.lax.cond(jnp.any(sync),
+                                  lambda: _select(sync, new.params, new.target_params),
+                                  lambda: new.target_params)
+            new = new.replace(target_params=target)
+            metrics = {**metrics, "loss": loss, "updated": do.astype(jnp.int32)}
+            return new, metrics
+
+        states, metrics = jax.lax.scan(body, states, jnp.arange(num_steps))
+        return states, _summary(metrics, budgets, num_steps, states.obs.shape[1])
 
     def greedy_policy(self, params: PyTree) -> Callable:
         """A policy ``(key, obs, env_state, env_params) -> action`` acting greedily."""
@@ -261,7 +325,29 @@ class DQN(NamedTuple):
 
 
 def _select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+    """``where(pred, on_true, on_false)`` leaf by leaf; a ``[P]`` predicate selects per agent
+    on leaves with a leading axis P."""
+    def pick(a, b):
+        p = jnp.reshape(pred, jnp.shape(pred) + (1,) * (jnp.ndim(a) - jnp.ndim(pred)))
+        return jnp.where(p, a, b)
+    return jax.tree.map(pick, on_true, on_false)
+
+
+def _learned(state: DQNState) -> dict:
+    """The fields a gradient update (and target sync) changes."""
+    return {"params": state.params, "target_params": state.target_params,
+            "opt_state": state.opt_state, "updates": state.updates}
+
+
+def _summary(metrics: dict, budget, num_steps: int, num_envs: int) -> dict:
+    """Per-run metrics from per-step ones (leading axis: steps; then agents, if any)."""
+    steps_run = jnp.minimum(budget, num_steps)
+    num_updates = jnp.sum(metrics["updated"], axis=0)
+    return {"reward_per_step": jnp.sum(metrics["reward"], axis=0) / jnp.maximum(steps_run, 1),
+            "loss": jnp.sum(metrics["loss"], axis=0) / jnp.maximum(num_updates, 1),
+            "updates": num_updates,
+            "transitions": steps_run * num_envs,
+            "episodes": jnp.sum(metrics["episodes"], axis=0)}
 
 
 def make_dqn(config: DQNConfig, num_actions: int) -> DQN:

@@ -7,9 +7,11 @@ FedAvg (McMahan et al., AISTATS 2017) applied to DQN agents, one per party (hosp
    accounting assumes, McMahan et al. ICLR 2018);
 2. broadcast: each selected party's online network (and, by default, its target network) is
    set to the global weights;
-3. local training of all selected parties at once: ``vmap`` over parties of a ``lax.scan`` over
-   local environment steps (``DQN.train``); parties may get different local budgets (system
-   heterogeneity: adaptive local epochs), realised by masking steps, so shapes stay static;
+3. local training of all selected parties at once: a ``lax.scan`` over local environment
+   steps of a ``vmap`` over parties (``DQN.train_parties``); parties may get different local
+   budgets (system heterogeneity: adaptive local epochs), realised by masking steps, so shapes
+   stay static. With several devices the cohort is split across them (``shard_map`` over a
+   ``parties`` mesh axis, see ``FederatedConfig.devices``);
 4. each party's update is its trained weights minus the broadcast weights; stragglers that drop
    after training are masked out;
 5. aggregation through an :class:`~fedrl.federated.aggregation.AggregationTransform` (plain
@@ -27,8 +29,10 @@ from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, PartitionSpec
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns
 from fedrl.config import require, require_in_range
@@ -54,6 +58,9 @@ class FederatedConfig:
     server_momentum: float = 0.9
     sync_target_each_round: bool = True
     reset_optimizer_each_round: bool = False
+    devices: int = 0                            # devices to spread parties over; 0 = all
+                                                # local ones, at most one per party
+
 
     def validate(self) -> None:
         require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
@@ -70,6 +77,8 @@ class FederatedConfig:
         require(self.server_optimizer in ("sgd", "momentum", "adam"),
                 f"fed.server_optimizer must be sgd|momentum|adam, got {self.server_optimizer!r}")
         require(self.server_learning_rate > 0, "fed.server_learning_rate must be > 0")
+        require(self.devices >= 0, f"fed.devices must be >= 0 (0 = all local devices), "
+                                   f"got {self.devices}")
 
 
 def make_server_optimizer(cfg: FederatedConfig) -> optax.GradientTransformation:
@@ -97,6 +106,7 @@ class FederatedRound:
     step: Callable = struct.field(pytree_node=False)
     num_parties: int = struct.field(pytree_node=False)
     cohort_size: int = struct.field(pytree_node=False)
+    num_devices: int = struct.field(pytree_node=False, default=1)
 
 
 def _broadcast(tree: PyTree, n: int) -> PyTree:
@@ -105,6 +115,28 @@ def _broadcast(tree: PyTree, n: int) -> PyTree:
 
 def _take(tree: PyTree, idx: jax.Array) -> PyTree:
     return jax.tree.map(lambda x: x[idx], tree)
+
+
+def _where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Per-party select: ``pred`` [P] against leaves with a leading axis P."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b),
+        on_true, on_false)
+
+
+def party_mesh(devices: int = 0, cohort: int | None = None) -> Mesh:
+    """A 1-D mesh with axis ``parties`` over the first ``devices`` local devices (0 = all of
+    them, but no more than the ``cohort`` has parties).
+
+    On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` makes N host devices: each
+    runs its shard on its own thread, which is how a round uses more than one core (XLA runs
+    the small per-party matmuls of a ``vmap`` single-threaded).
+    """
+    available = jax.local_devices()
+    n = min(len(available), cohort or len(available)) if devices == 0 else devices
+    require(n <= len(available), f"fed.devices={devices} but only {len(available)} local "
+            f"device(s) exist (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    return Mesh(np.asarray(available[:n]), ("parties",))
 
 
 def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: FederatedConfig,
@@ -123,9 +155,23 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
     require(cfg.clients_per_round <= num_parties,
             f"fed.clients_per_round={cfg.clients_per_round} exceeds the {num_parties} parties")
     cohort = (cfg.clients_per_round or num_parties) if cfg.sampling == "fixed" else num_parties
+    mesh = party_mesh(cfg.devices, cohort)
+    num_devices = mesh.devices.size
+    # The cohort is padded to a multiple of the device count with copies of its first party,
+    # which train like the others and are then discarded.
+    padded = -(-cohort // num_devices) * num_devices
     aggregator = aggregator or fedavg()
     server_opt = make_server_optimizer(cfg)
     federated = cfg.aggregation != "none"
+
+    def local_training(states: DQNState, params_env: PyTree, keys: jax.Array,
+                       budgets: jax.Array):
+        return dqn.train_parties(env, states, params_env, keys, cfg.local_steps, budgets)
+
+    if num_devices > 1:
+        local_training = jax.shard_map(local_training, mesh=mesh,
+                                       in_specs=PartitionSpec("parties"),
+                                       out_specs=PartitionSpec("parties"))
 
     def init(key: jax.Array) -> FederatedState:
         k_global, k_parties = jax.random.split(key)
@@ -143,9 +189,6 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                               aggregator_state=aggregator.init(global_params),
                               parties=parties, round=jnp.zeros((), jnp.int32))
 
-    def train_party(state: DQNState, params_env: PyTree, key: jax.Array, budget: jax.Array):
-        return dqn.train(env, state, params_env, key, cfg.local_steps, budget)
-
     def step(state: FederatedState, key: jax.Array) -> tuple[FederatedState, dict]:
         rkey = jax.random.fold_in(key, state.round)
         k_sample, k_budget, k_drop, k_train, k_agg = jax.random.split(rkey, 5)
@@ -159,7 +202,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             sampled = jax.random.uniform(k_sample, (num_parties,)) < cfg.sampling_rate
         budget_frac = jax.random.uniform(k_budget, (num_parties,), minval=cfg.min_local_fraction,
                                          maxval=1.0)[idx]
-        budget = jnp.where(sampled, jnp.ceil(budget_frac * cfg.local_steps), 0).astype(jnp.int32)
+        budget = jnp.ceil(budget_frac * cfg.local_steps).astype(jnp.int32)
 
         # 2. Broadcast the global weights to the selected parties.
         selected = _take(state.parties, idx)
@@ -172,10 +215,19 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                 selected = selected.replace(opt_state=jax.vmap(dqn.optimizer.init)(
                     selected.params))
 
-        # 3. Local training, vmapped over the cohort (scan over steps inside).
+        # 3. Local training of the whole cohort at once. Parties Poisson sampling left out train
+        # too and are discarded below: the cohort then shares one update schedule, which is
+        # much cheaper than masking them step by step (see DQN.train_parties).
         party_keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(idx)
-        trained, summary = jax.vmap(train_party)(selected, _take(env_params, idx), party_keys,
-                                                 budget)
+        pad = jnp.zeros((padded - cohort,), jnp.int32)
+        trained, summary = local_training(
+            _take(selected, jnp.concatenate([jnp.arange(cohort), pad])),
+            _take(env_params, jnp.concatenate([idx, idx[pad]])),
+            jnp.concatenate([party_keys, party_keys[pad]]),
+            jnp.concatenate([budget, budget[pad]]))
+        trained, summary = _take((trained, summary), jnp.arange(cohort))
+        trained = _where(sampled, trained, selected)  # as if they had not moved
+        summary = jax.tree.map(lambda x: jnp.where(sampled, x, 0), summary)
 
         # 4-5. Updates relative to the broadcast weights, dropouts, aggregation, server step.
         survived = jax.random.uniform(k_drop, (cohort,)) >= cfg.dropout_rate
@@ -207,4 +259,4 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         return new_state, metrics
 
     return FederatedRound(init=jax.jit(init), step=jax.jit(step, donate_argnums=0),
-                          num_parties=num_parties, cohort_size=cohort)
+                          num_parties=num_parties, cohort_size=cohort, num_devices=num_devices)

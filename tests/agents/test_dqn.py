@@ -87,6 +87,34 @@ def test_vmapped_training_equals_per_party_loop():
         assert int(vmapped.updates[i]) == int(single.updates) > 0
 
 
+@pytest.mark.parametrize("budgets", [None, (120, 70, 0)])
+def test_train_parties_equals_vmapped_training(budgets):
+    """The cohort trainer (scan over steps of a vmap over agents, update decided once per step
+    for all) matches vmap of the single-agent training, also with unequal budgets, where its
+    masked-update branch runs (and one agent sits the whole run out)."""
+    dqn = make_dqn(SMALL, toy_env.NUM_CONTEXTS)
+    env_params = toy_env.stacked_params(3)
+    keys = jax.random.split(jax.random.key(2), 3)
+    states = jax.vmap(lambda k, p: dqn.init_state(k, toy_env.ENV, p))(keys, env_params)
+    b = jnp.full((3,), 120) if budgets is None else jnp.asarray(budgets)
+    expected, exp_summary = jax.jit(jax.vmap(
+        lambda s, p, k, n: dqn.train(toy_env.ENV, s, p, k, 120, n)))(states, env_params, keys, b)
+    got, summary = jax.jit(lambda s, p, k: dqn.train_parties(
+        toy_env.ENV, s, p, k, 120, None if budgets is None else b))(states, env_params, keys)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-6),
+                 (got.params, got.target_params, got.opt_state),
+                 (expected.params, expected.target_params, expected.opt_state))
+    for name in ("updates", "steps"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    jax.tree.map(np.testing.assert_array_equal, got.buffer, expected.buffer)
+    for name in ("updates", "transitions", "episodes"):
+        np.testing.assert_array_equal(summary[name], exp_summary[name])
+    np.testing.assert_allclose(summary["loss"], exp_summary["loss"], rtol=1e-4, atol=1e-6)
+    assert int(got.updates[0]) > 0
+    if budgets is not None:  # an agent with budget 0 has not moved at all
+        jax.tree.map(lambda a, e: np.testing.assert_array_equal(a[2], e[2]), got, states)
+
+
 def test_same_seed_same_result_and_parties_explore_independently():
     dqn = make_dqn(SMALL, toy_env.NUM_CONTEXTS)
     env_params = toy_env.stacked_params(2)

@@ -89,6 +89,21 @@ def test_fixed_cohort_trains_only_selected_parties():
     assert int(metrics["participants"]) == 2
 
 
+def test_poisson_round_leaves_unsampled_parties_where_they_were():
+    _, rnd = _round(num_parties=6, sampling="poisson", sampling_rate=0.5)
+    state = rnd.init(jax.random.key(0))
+    before = jax.tree.map(np.asarray, state.parties)
+    new, metrics = rnd.step(jax.tree.map(jnp.copy, state), jax.random.key(4))
+    steps = np.asarray(new.parties.steps)
+    moved = steps == 60
+    assert 0 < moved.sum() < 6 and set(steps.tolist()) <= {0, 60}
+    assert int(metrics["transitions"]) == 60 * moved.sum()
+    for i in np.flatnonzero(~moved):  # env, buffer and counters untouched
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[i], b[i]),
+                     (new.parties.env_state, new.parties.buffer, new.parties.updates),
+                     (before.env_state, before.buffer, before.updates))
+
+
 def test_local_only_keeps_parties_apart_and_global_fixed():
     _, rnd = _round(num_parties=2, aggregation="none")
     state = rnd.init(jax.random.key(0))
@@ -117,7 +132,8 @@ def test_round_is_deterministic_and_compiles_once():
 @pytest.mark.parametrize("change,match", [
     ({"num_rounds": 0}, "fed.num_rounds"), ({"sampling_rate": -0.1}, "fed.sampling_rate"),
     ({"dropout_rate": 1.0}, "fed.dropout_rate"), ({"clients_per_round": 9}, "clients_per_round"),
-    ({"aggregation": "fedprox"}, "fed.aggregation")])
+    ({"aggregation": "fedprox"}, "fed.aggregation"), ({"devices": -1}, "fed.devices"),
+    ({"devices": 64}, "fed.devices=64 but only")])
 def test_round_config_errors(change, match):
     dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
     cfg = dataclasses.replace(FederatedConfig(), **change)

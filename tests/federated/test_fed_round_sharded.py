@@ -1,0 +1,49 @@
+"""The federated round spread over several devices (``shard_map`` over a ``parties`` axis)
+computes what it computes on one device. Run in a subprocess with 8 CPU host devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX starts)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_disable_most_optimizations", True)
+    from fedrl.agents.dqn import DQNConfig, make_dqn
+    from fedrl.federated.round import FederatedConfig, make_federated_round
+    from tests import toy_env
+
+    assert jax.local_device_count() == 8, jax.devices()
+    dqn = make_dqn(DQNConfig(hidden_sizes=(16, 16), batch_size=16, buffer_capacity=500,
+                             learning_starts=32, epsilon_decay_steps=200,
+                             target_update_every=25), toy_env.NUM_CONTEXTS)
+
+    def run(devices, **fed):
+        cfg = FederatedConfig(num_rounds=2, local_steps=50, devices=devices, **fed)
+        rnd = make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(5), cfg)
+        state = rnd.init(jax.random.key(0))
+        for r in range(2):
+            state, metrics = rnd.step(state, jax.random.key(7))
+        return rnd.num_devices, jax.tree.map(np.asarray, (state.global_params, state.parties))
+
+    for fed in ({}, {"sampling": "poisson", "sampling_rate": 0.6, "min_local_fraction": 0.5}):
+        n1, one = run(1, **fed)
+        # 0 = automatic: one device per party (5); 2 and 8 pad the 5 parties to 6 and to 8.
+        for devices, expected_n in ((0, 5), (2, 2), (8, 8)):
+            n, many = run(devices, **fed)
+            assert (n1, n) == (1, expected_n)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                         many, one)
+    print("SHARDED-OK")
+""")
+
+
+def test_round_over_8_host_devices_equals_one_device():
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "SHARDED-OK" in out.stdout
