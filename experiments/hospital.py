@@ -241,7 +241,8 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
                 shared_model=shared))["episode_return"]
         if (r + 1) % cfg.checkpoint_every == 0 and not last:
             ctx.save_checkpoint(label, {"state": state, "curve": curve, "round": r + 1})
-    return state, dqn, curve, {"compile_s": compile_s, "train_s": train_s}
+    return state, dqn, curve, {"compile_s": compile_s, "train_s": train_s,
+                               "devices": rnd.num_devices}
 
 
 def eval_params(method: str, state: FederatedState, personalized: bool = False):
@@ -303,7 +304,8 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
                                         else None,
                                         "privacy": privacy if method == "fedavg" else None,
                                         "train_time_s": timing["train_s"],
-                                        "compile_time_s": timing["compile_s"]}
+                                        "compile_time_s": timing["compile_s"],
+                                        "devices": timing["devices"]}
         ctx.finish(method, result)
         methods.update(result["methods"])
         per_hospital.update(result["per_hospital"])

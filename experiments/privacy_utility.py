@@ -129,7 +129,8 @@ def run(cfg: PrivacyUtilityConfig, seed: int, ctx: RunContext) -> Report:
             if shared:  # kept in memory only, for the plain-vs-secure comparison
                 finals[label] = jax.tree.map(np.asarray, params)
             saved = {"kind": "dqn", **metrics, "privacy": record,
-                     "train_time_s": timing["train_s"], "compile_time_s": timing["compile_s"]}
+                     "train_time_s": timing["train_s"], "compile_time_s": timing["compile_s"],
+                     "devices": timing["devices"]}
             ctx.finish(label, saved)
         methods[label] = saved
 

@@ -6,7 +6,8 @@ On CPU, XLA runs small ops (the per-party matmuls of a vmapped round) on one thr
 spread work over devices (``fed_dqn``'s sharded round) use both cores of a 2-core machine only
 through several host devices. ``--host-devices`` (default: one per CPU core) sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count`` before JAX starts, unless XLA_FLAGS already
-sets it; single-device cases run on the first device as usual. It does nothing to GPUs.
+sets it. Cases without sharding run on the first device as usual; ``dp_round`` runs its DP and
+plain rounds alike over all devices (``FederatedConfig.devices=0``). It does nothing to GPUs.
 
 Every case compares against a baseline measured in the same run and reports the ratio
 (``value / baseline_value`` for throughputs, ``baseline_value / value`` for times, so that

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns
 from fedrl.config import require, require_in_range
@@ -126,16 +126,17 @@ def _where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
 
 def party_mesh(devices: int = 0, cohort: int | None = None) -> Mesh:
     """A 1-D mesh with axis ``parties`` over the first ``devices`` local devices (0 = all of
-    them, but no more than the ``cohort`` has parties).
+    them), never more devices than the ``cohort`` has parties.
 
     On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` makes N host devices: each
     runs its shard on its own thread, which is how a round uses more than one core (XLA runs
     the small per-party matmuls of a ``vmap`` single-threaded).
     """
     available = jax.local_devices()
-    n = min(len(available), cohort or len(available)) if devices == 0 else devices
+    n = len(available) if devices == 0 else devices
     require(n <= len(available), f"fed.devices={devices} but only {len(available)} local "
             f"device(s) exist (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    n = min(n, cohort or n)
     return Mesh(np.asarray(available[:n]), ("parties",))
 
 
@@ -145,6 +146,14 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
 
     ``E`` is the number of environments each party runs (1 for a hospital; K hospitals for the
     centralized reference, which is a single party pooling all hospitals' experience).
+
+    With several devices (``cfg.devices``) the cohort's local training is split over them and,
+    when K is a multiple of the device count, the parties' state (replay buffers included) stays
+    split between rounds; the global model is replicated. Results agree with the one-device
+    round up to float rounding (different summation order), not bit for bit: ``num_devices``
+    says how many were used, and the experiments record it. A state committed to one device
+    (``jax.device_put(x, device)``) must be moved to the mesh (or left uncommitted, as ``init``
+    and restored checkpoints are) before ``step``.
     """
     cfg.validate()
     leaves = jax.tree.leaves(env_params)
@@ -173,6 +182,13 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                                        in_specs=PartitionSpec("parties"),
                                        out_specs=PartitionSpec("parties"))
 
+    def keep_split(parties: DQNState) -> DQNState:
+        """Parties' state sharded on the mesh between rounds (not replicated on every device)."""
+        if num_devices == 1 or num_parties % num_devices:
+            return parties
+        return jax.lax.with_sharding_constraint(
+            parties, NamedSharding(mesh, PartitionSpec("parties")))
+
     def init(key: jax.Array) -> FederatedState:
         k_global, k_parties = jax.random.split(key)
         obs_example, _ = env.reset(k_global, _take(_take(env_params, 0), 0))
@@ -187,7 +203,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         return FederatedState(global_params=global_params,
                               server_opt_state=server_opt.init(global_params),
                               aggregator_state=aggregator.init(global_params),
-                              parties=parties, round=jnp.zeros((), jnp.int32))
+                              parties=keep_split(parties), round=jnp.zeros((), jnp.int32))
 
     def step(state: FederatedState, key: jax.Array) -> tuple[FederatedState, dict]:
         rkey = jax.random.fold_in(key, state.round)
@@ -254,7 +270,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         }
         new_state = FederatedState(global_params=global_params,
                                    server_opt_state=server_opt_state,
-                                   aggregator_state=agg_state, parties=parties,
+                                   aggregator_state=agg_state, parties=keep_split(parties),
                                    round=state.round + 1)
         return new_state, metrics
 

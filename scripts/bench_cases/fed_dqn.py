@@ -1,6 +1,7 @@
 """Benchmark ``fed_dqn``: throughput of one federated DQN round at K parties.
 
-Ours: ``make_federated_round`` (one jitted function, vmap over parties, scan over local steps).
+Ours: ``make_federated_round`` (one jitted function: scan over local steps of a vmap over
+parties, ``DQN.train_parties``).
 Two baselines, measured in the same run: (1) the same per-party work done by a Python loop over
 parties, each calling a jitted single-party local training (``DQN.train``, itself a scan over
 steps), followed by the same FedAvg -- a strong baseline that already amortizes dispatch over

@@ -115,6 +115,24 @@ def test_train_parties_equals_vmapped_training(budgets):
         jax.tree.map(lambda a, e: np.testing.assert_array_equal(a[2], e[2]), got, states)
 
 
+def test_train_parties_syncs_the_target_only_on_an_update():
+    """The target sync is due when the update counter is a multiple of target_update_every;
+    on steps without an update (here: the buffer is still warming up) it must not fire, even
+    when the counter already is a multiple (0 here) and the online network differs from the
+    target (as after a broadcast without target sync)."""
+    dqn = make_dqn(SMALL, toy_env.NUM_CONTEXTS)
+    env_params = toy_env.stacked_params(2)
+    keys = jax.random.split(jax.random.key(5), 2)
+    states = jax.vmap(lambda k, p: dqn.init_state(k, toy_env.ENV, p))(keys, env_params)
+    states = states.replace(params=jax.tree.map(lambda x: x + 1.0, states.params))
+    steps = SMALL.learning_starts // 2
+    got, summary = jax.jit(lambda s: dqn.train_parties(toy_env.ENV, s, env_params, keys,
+                                                       steps))(states)
+    assert int(jnp.sum(summary["updates"])) == 0
+    jax.tree.map(np.testing.assert_array_equal, got.target_params, states.target_params)
+    jax.tree.map(np.testing.assert_array_equal, got.params, states.params)
+
+
 def test_same_seed_same_result_and_parties_explore_independently():
     dqn = make_dqn(SMALL, toy_env.NUM_CONTEXTS)
     env_params = toy_env.stacked_params(2)

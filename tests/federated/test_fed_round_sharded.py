@@ -25,16 +25,21 @@ SCRIPT = textwrap.dedent("""
         state = rnd.init(jax.random.key(0))
         for r in range(2):
             state, metrics = rnd.step(state, jax.random.key(7))
+        # With one party per device the parties' state stays split between rounds.
+        split = not state.parties.buffer.data.obs.sharding.is_fully_replicated
+        assert split == (rnd.num_devices == 5), (rnd.num_devices, split)
         return rnd.num_devices, jax.tree.map(np.asarray, (state.global_params, state.parties))
 
     for fed in ({}, {"sampling": "poisson", "sampling_rate": 0.6, "min_local_fraction": 0.5}):
         n1, one = run(1, **fed)
-        # 0 = automatic: one device per party (5); 2 and 8 pad the 5 parties to 6 and to 8.
-        for devices, expected_n in ((0, 5), (2, 2), (8, 8)):
+        # 0 = automatic: one device per party (5); 2 and 4 pad the 5 parties to 6 and to 8.
+        for devices, expected_n in ((0, 5), (2, 2), (4, 4)):
             n, many = run(devices, **fed)
-            assert (n1, n) == (1, expected_n)
+            assert (n1, n) == (1, expected_n), (devices, n1, n)
             jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                          many, one)
+    # An explicit device count above the cohort is capped at one device per party.
+    assert run(8)[0] == 5
     print("SHARDED-OK")
 """)
 
