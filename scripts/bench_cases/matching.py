@@ -6,7 +6,7 @@ Single problems (square, uniform weights: n = 50, 200, 1000; quick: 50, 200) and
 batches (256 x 16x48 and 64 x 64x128; quick: 64 x 16x48 and 16 x 64x128) of two instance kinds
 (``dispatch``: geometric, all nearby drivers want the same expensive orders, the hard case for
 auctions; ``uniform``: U(0,1) weights, few conflicts). Times are per problem, steady state
-(median of repeats after compilation, ``block_until_ready``); compile times are reported apart
+(median of interleaved repeats after compilation, ``block_until_ready``); compile times are reported apart
 (``compile_s`` / ``baseline_compile_s``). The optimality gap of the auction is measured against
 scipy (relative, mean and max over the problems). Batches use ``match(..., method="auction")``,
 the staged batch auction (``auction_match_batch``: hard problems re-solved apart, same results
@@ -29,17 +29,25 @@ from fedrl.matching.instances import random_instances
 NAME = "matching"
 
 
-def _compile_and_time(fn, args, repeats):
+def _compile(fn, args):
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
+    out = jax.block_until_ready(compiled(*args))  # warm-up
+    return compiled, compile_s, out
+
+
+def _interleaved_medians(fns, args, repeats):
+    """Median time of each compiled fn, their calls interleaved so that load drift on a shared
+    machine hits all of them alike (timed one after the other, a 2x swing of the ratio between
+    runs was seen)."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), compile_s, out
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def _scipy(weights, masks, repeats):
@@ -67,9 +75,11 @@ def _case(batch, n, m, kind, repeats, seed=0):
         # batches: match(...) runs the staged batch auction (auction_match_batch)
         auction = lambda w, m: match(w, m, method="auction")
         hungarian = jax.vmap(hungarian_match)
-    t_a, c_a, res_a = _compile_and_time(auction, (w, mask), repeats)
-    t_v = _compile_and_time(jax.vmap(auction_match), (w, mask), repeats)[0] if batch > 1 else t_a
-    t_h, c_h, res_h = _compile_and_time(hungarian, (w, mask), repeats)
+    f_a, c_a, res_a = _compile(auction, (w, mask))
+    f_h, c_h, res_h = _compile(hungarian, (w, mask))
+    fns = [f_a, f_h] + ([_compile(jax.vmap(auction_match), (w, mask))[0]] if batch > 1 else [])
+    t_a, t_h, *t_v = _interleaved_medians(fns, (w, mask), repeats)
+    t_v = t_v[0] if t_v else t_a
     wn, mn = np.asarray(w).reshape(batch, n, m), np.asarray(mask).reshape(batch, n, m)
     t_s, opt = _scipy(wn, mn, max(1, repeats // 2))
     tot_a = np.asarray(res_a.total, np.float64).reshape(batch)
@@ -94,7 +104,7 @@ def _case(batch, n, m, kind, repeats, seed=0):
 
 
 def run(quick: bool) -> list[dict]:
-    repeats = 3 if quick else 5
+    repeats = 3 if quick else 15
     singles = [50, 200] if quick else [50, 200, 1000]
     batches = [(64, 16, 48), (16, 64, 128)] if quick else [(256, 16, 48), (64, 64, 128)]
     rows = []
