@@ -32,7 +32,7 @@ from fedrl.envs import hospital
 from fedrl.federated.aggregation import Cohort, fedavg, server_update
 from fedrl.federated.round import FederatedConfig, make_federated_round, make_server_optimizer
 
-from bench_cases.timing import compiled_round, median_time
+from bench_cases.timing import compiled_round, interleaved_medians, median_time
 
 NAME = "fed_dqn"
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
@@ -77,7 +77,7 @@ def round_flops(cfg: DQNConfig, updates: float, env_steps: float) -> float:
 def run(quick: bool = False) -> list[dict]:
     parties_list = (1, 4) if quick else (1, 4, 16, 64)
     local_steps = 32 if quick else 128
-    repeats = 2 if quick else 3
+    repeats = 2 if quick else 5
     dqn_cfg = DQNConfig(hidden_sizes=(256, 256), batch_size=64, buffer_capacity=4_096,
                         learning_starts=64, train_every=1, target_update_every=250)
     dqn = make_dqn(dqn_cfg, hospital.NUM_ACTIONS)
@@ -97,7 +97,7 @@ def run(quick: bool = False) -> list[dict]:
 
         # Ours: one jitted round, on one device and spread over all of them; the first round
         # fills the replay buffers (and is the warm-up).
-        ours = {}
+        ours, rounds = {}, {}
         for devices in device_counts:
             fed_cfg = FederatedConfig(num_rounds=1, local_steps=local_steps, devices=devices)
             rnd = make_federated_round(dqn, ENV, stacked, fed_cfg)
@@ -105,11 +105,15 @@ def run(quick: bool = False) -> list[dict]:
             holder = {"s": state}
 
             def one_round(step=step, holder=holder):
-                holder["s"], m = step(holder["s"], key)
-                return m
-            ours[devices] = (median_time(one_round, repeats), float(one_round()["updates"]),
-                             compile_s, holder["s"])
-        state = ours[1][3]
+                holder["s"], holder["m"] = step(holder["s"], key)
+                return holder["m"]
+            # more rounds until the replay buffers hold learning_starts transitions, so that
+            # the timed rounds (and the loop, which starts from this state) update every step
+            for _ in range(-(-dqn_cfg.learning_starts // local_steps)):
+                one_round()
+            rounds[devices] = one_round
+            ours[devices] = (holder, compile_s)
+        state = ours[1][0]["s"]
 
         # Baseline: a Python loop over parties, each calling a jitted single-party training,
         # then the same FedAvg (jitted).
@@ -144,7 +148,9 @@ def run(quick: bool = False) -> list[dict]:
         t0 = time.perf_counter()
         jax.block_until_ready(loop())  # compiles the single-party training and the aggregation
         loop_compile_s = time.perf_counter() - t0
-        t_loop = median_time(loop, repeats)
+        # Rounds and loop interleaved, so that speed drift of a shared machine hits them alike.
+        times = interleaved_medians({**rounds, "loop": loop}, repeats)
+        t_loop = times["loop"]
         n_loop_updates = float(sum(int(o[1]["updates"]) for o in loop_updates["n"]))
 
         # Conventional baseline: a Python loop over parties AND local steps, each call a jitted
@@ -169,7 +175,9 @@ def run(quick: bool = False) -> list[dict]:
                      "value": loop_flops / 1e9, "unit": "GFLOP/s",
                      "baseline": "matmul peak", "baseline_value": peak / 1e9,
                      "ratio": loop_flops / peak})
-        for devices, (t_ours, updates, compile_s, _) in ours.items():
+        for devices, (holder, compile_s) in ours.items():
+            t_ours = times[devices]
+            updates = float(holder["m"]["updates"])  # of the last timed round
             params = {"K": k, "local_steps": local_steps, "batch": 64, "net": "256-256",
                       "devices": devices, "compile_s": round(compile_s, 2),
                       "loop_compile_s": round(loop_compile_s, 2)}

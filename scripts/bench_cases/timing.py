@@ -18,6 +18,18 @@ def median_time(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median wall time of each ``fn()`` (each waited for), their calls interleaved so that
+    the speed drift of a shared machine hits all of them alike."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def compiled_round(rnd, key=None):
     """(AOT-compiled round step, state after one warm-up round that fills the replay buffers,
     compile seconds) for a ``FederatedRound``."""
