@@ -32,7 +32,7 @@ from fedrl.envs import hospital
 from fedrl.federated.aggregation import Cohort, fedavg, server_update
 from fedrl.federated.round import FederatedConfig, make_federated_round, make_server_optimizer
 
-from bench_cases.timing import compiled_round, interleaved_medians, median_time
+from bench_cases.timing import compiled_round, interleaved_medians
 
 NAME = "fed_dqn"
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
@@ -148,11 +148,6 @@ def run(quick: bool = False) -> list[dict]:
         t0 = time.perf_counter()
         jax.block_until_ready(loop())  # compiles the single-party training and the aggregation
         loop_compile_s = time.perf_counter() - t0
-        # Rounds and loop interleaved, so that speed drift of a shared machine hits them alike.
-        times = interleaved_medians({**rounds, "loop": loop}, repeats)
-        t_loop = times["loop"]
-        n_loop_updates = float(sum(int(o[1]["updates"]) for o in loop_updates["n"]))
-
         # Conventional baseline: a Python loop over parties AND local steps, each call a jitted
         # single-party train step (one env step + one gradient update).
         step_one = jax.jit(lambda s, p, kk: dqn.train_step(ENV, s, p, kk, jnp.array(True)))
@@ -166,7 +161,11 @@ def run(quick: bool = False) -> list[dict]:
                 out = s
             return out.params
         jax.block_until_ready(step_loop())
-        t_step_loop = median_time(step_loop, 1)
+
+        # Rounds and loops interleaved, so that speed drift of a shared machine hits them alike.
+        times = interleaved_medians({**rounds, "loop": loop, "step_loop": step_loop}, repeats)
+        t_loop, t_step_loop = times["loop"], times["step_loop"]
+        n_loop_updates = float(sum(int(o[1]["updates"]) for o in loop_updates["n"]))
 
         loop_flops = round_flops(dqn_cfg, n_loop_updates, env_steps) / t_loop
         rows.append({"name": "fed_dqn_loop_flops",
