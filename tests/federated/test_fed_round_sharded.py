@@ -30,16 +30,19 @@ SCRIPT = textwrap.dedent("""
         assert split == (rnd.num_devices == 5), (rnd.num_devices, split)
         return rnd.num_devices, jax.tree.map(np.asarray, (state.global_params, state.parties))
 
-    for fed in ({}, {"sampling": "poisson", "sampling_rate": 0.6, "min_local_fraction": 0.5}):
+    # Fixed cohort on automatic devices (one per party: 5, state kept split); Poisson sampling
+    # with unequal budgets (the masked-update branch) on 4 devices (5 parties padded to 8).
+    for devices, expected_n, fed in ((0, 5, {}),
+                                     (4, 4, {"sampling": "poisson", "sampling_rate": 0.6,
+                                             "min_local_fraction": 0.5})):
         n1, one = run(1, **fed)
-        # 0 = automatic: one device per party (5); 2 and 4 pad the 5 parties to 6 and to 8.
-        for devices, expected_n in ((0, 5), (2, 2), (4, 4)):
-            n, many = run(devices, **fed)
-            assert (n1, n) == (1, expected_n), (devices, n1, n)
-            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                         many, one)
+        n, many = run(devices, **fed)
+        assert (n1, n) == (1, expected_n), (devices, n1, n)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                     many, one)
     # An explicit device count above the cohort is capped at one device per party.
-    assert run(8)[0] == 5
+    from fedrl.federated.round import party_mesh
+    assert party_mesh(8, cohort=5).devices.size == 5 and party_mesh(0, cohort=3).devices.size == 3
     print("SHARDED-OK")
 """)
 
