@@ -202,7 +202,7 @@ class DQN(NamedTuple):
         buffer = replay.add_batch(state.buffer, transition, valid=~truncated & active)
         moved = state.replace(
             buffer=buffer,
-            env_state=_select(active, env_state, state.env_state),
+            env_state=tree_select(active, env_state, state.env_state),
             obs=jnp.where(active, next_obs, state.obs),
             steps=state.steps + active.astype(jnp.int32))
         metrics = {"reward": jnp.where(active, jnp.mean(reward), 0.0),
@@ -297,7 +297,7 @@ class DQN(NamedTuple):
 
             def learn_some(s):
                 learned, loss = learn_all(s)
-                return _select(do, learned, _learned(s)), jnp.where(do, loss, 0.0)
+                return tree_select(do, learned, _learned(s)), jnp.where(do, loss, 0.0)
 
             def learn_none(s):
                 return _learned(s), jnp.zeros_like(s.updates, jnp.float32)
@@ -307,7 +307,7 @@ class DQN(NamedTuple):
             new = moved.replace(**learned)
             sync = do & jax.vmap(self.sync_due)(new)
             target = jax.lax.cond(jnp.any(sync),
-                                  lambda: _select(sync, new.params, new.target_params),
+                                  lambda: tree_select(sync, new.params, new.target_params),
                                   lambda: new.target_params)
             new = new.replace(target_params=target)
             metrics = {**metrics, "loss": loss, "updated": do.astype(jnp.int32)}
@@ -324,7 +324,7 @@ class DQN(NamedTuple):
         return policy
 
 
-def _select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+def tree_select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
     """``where(pred, on_true, on_false)`` leaf by leaf; a ``[P]`` predicate selects per agent
     on leaves with a leading axis P."""
     def pick(a, b):

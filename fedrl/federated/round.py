@@ -34,7 +34,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fedrl.agents.dqn import DQN, DQNState, EnvFns
+from fedrl.agents.dqn import DQN, DQNState, EnvFns, tree_select
 from fedrl.config import require, require_in_range
 from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
                                          fedavgm_optimizer, server_update)
@@ -60,7 +60,6 @@ class FederatedConfig:
     reset_optimizer_each_round: bool = False
     devices: int = 0                            # devices to spread parties over; 0 = all
                                                 # local ones, at most one per party
-
 
     def validate(self) -> None:
         require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
@@ -115,13 +114,6 @@ def _broadcast(tree: PyTree, n: int) -> PyTree:
 
 def _take(tree: PyTree, idx: jax.Array) -> PyTree:
     return jax.tree.map(lambda x: x[idx], tree)
-
-
-def _where(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """Per-party select: ``pred`` [P] against leaves with a leading axis P."""
-    return jax.tree.map(
-        lambda a, b: jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b),
-        on_true, on_false)
 
 
 def party_mesh(devices: int = 0, cohort: int | None = None) -> Mesh:
@@ -231,8 +223,8 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                 selected = selected.replace(opt_state=jax.vmap(dqn.optimizer.init)(
                     selected.params))
 
-        # 3. Local training of the whole cohort at once. Parties Poisson sampling left out train
-        # too and are discarded below: the cohort then shares one update schedule, which is
+        # 3. Local training of the whole cohort at once. Parties that Poisson sampling left out
+        # train too and are discarded below: the cohort then shares one update schedule, which is
         # much cheaper than masking them step by step (see DQN.train_parties).
         party_keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(idx)
         pad = jnp.zeros((padded - cohort,), jnp.int32)
@@ -242,7 +234,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             jnp.concatenate([party_keys, party_keys[pad]]),
             jnp.concatenate([budget, budget[pad]]))
         trained, summary = _take((trained, summary), jnp.arange(cohort))
-        trained = _where(sampled, trained, selected)  # as if they had not moved
+        trained = tree_select(sampled, trained, selected)  # unsampled: as if they sat it out
         summary = jax.tree.map(lambda x: jnp.where(sampled, x, 0), summary)
 
         # 4-5. Updates relative to the broadcast weights, dropouts, aggregation, server step.

@@ -6,8 +6,10 @@ Two baselines, measured in the same run: (1) the same per-party work done by a P
 parties, each calling a jitted single-party local training (``DQN.train``, itself a scan over
 steps), followed by the same FedAvg -- a strong baseline that already amortizes dispatch over
 the local steps; (2) a Python loop over parties and local steps calling a jitted single-party
-train step (one env step + one update), the way a conventional simulator is written. Both use the hospital environment, the
-seed's 256-256 Q-network and batch 64, with one gradient update per environment step.
+train step (one env step + one update), the way a conventional simulator is written. Both use
+the hospital environment, the seed's 256-256 Q-network and batch 64, with one gradient update
+per environment step. Ours and both loops are timed interleaved (median of 5), so that speed
+drift of a shared machine hits them alike.
 
 Ours runs on one device and, when there are several (``scripts/bench.py`` makes one CPU host
 device per core), spread over all of them (``FederatedConfig.devices``): XLA:CPU runs each

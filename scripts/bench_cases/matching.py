@@ -6,8 +6,8 @@ Single problems (square, uniform weights: n = 50, 200, 1000; quick: 50, 200) and
 batches (256 x 16x48 and 64 x 64x128; quick: 64 x 16x48 and 16 x 64x128) of two instance kinds
 (``dispatch``: geometric, all nearby drivers want the same expensive orders, the hard case for
 auctions; ``uniform``: U(0,1) weights, few conflicts). Times are per problem, steady state
-(median of interleaved repeats after compilation, ``block_until_ready``); compile times are reported apart
-(``compile_s`` / ``baseline_compile_s``). The optimality gap of the auction is measured against
+(median of interleaved repeats after compilation, ``block_until_ready``); compile times are
+reported apart (``compile_s`` / ``baseline_compile_s``). The optimality gap of the auction is measured against
 scipy (relative, mean and max over the problems). Batches use ``match(..., method="auction")``,
 the staged batch auction (``auction_match_batch``: hard problems re-solved apart, same results
 as a plain ``vmap`` of ``auction_match``, which is timed too: ``plain_vmap_auction_ms_per_problem``).
