@@ -60,6 +60,7 @@ class FederatedConfig:
     reset_optimizer_each_round: bool = False
     devices: int = 0                            # devices to spread parties over; 0 = all
                                                 # local ones, at most one per party
+    update_gating: Literal["switch", "mask"] = "switch"   # see DQN.train_parties
 
     def validate(self) -> None:
         require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
@@ -78,6 +79,8 @@ class FederatedConfig:
         require(self.server_learning_rate > 0, "fed.server_learning_rate must be > 0")
         require(self.devices >= 0, f"fed.devices must be >= 0 (0 = all local devices), "
                                    f"got {self.devices}")
+        require(self.update_gating in ("switch", "mask"),
+                f"fed.update_gating must be 'switch' or 'mask', got {self.update_gating!r}")
 
 
 def make_server_optimizer(cfg: FederatedConfig) -> optax.GradientTransformation:
@@ -167,7 +170,8 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
 
     def local_training(states: DQNState, params_env: PyTree, keys: jax.Array,
                        budgets: jax.Array):
-        return dqn.train_parties(env, states, params_env, keys, cfg.local_steps, budgets)
+        return dqn.train_parties(env, states, params_env, keys, cfg.local_steps, budgets,
+                                 gating=cfg.update_gating)
 
     if num_devices > 1:
         local_training = jax.shard_map(local_training, mesh=mesh,

@@ -87,8 +87,9 @@ def test_vmapped_training_equals_per_party_loop():
         assert int(vmapped.updates[i]) == int(single.updates) > 0
 
 
-@pytest.mark.parametrize("budgets", [None, (120, 70, 0)])
-def test_train_parties_equals_vmapped_training(budgets):
+@pytest.mark.parametrize("budgets,gating", [(None, "switch"), ((120, 70, 0), "switch"),
+                                            ((120, 70, 0), "mask")])
+def test_train_parties_equals_vmapped_training(budgets, gating):
     """The cohort trainer (scan over steps of a vmap over agents, update decided once per step
     for all) matches vmap of the single-agent training, also with unequal budgets, where its
     masked-update branch runs (and one agent sits the whole run out)."""
@@ -100,7 +101,8 @@ def test_train_parties_equals_vmapped_training(budgets):
     expected, exp_summary = jax.jit(jax.vmap(
         lambda s, p, k, n: dqn.train(toy_env.ENV, s, p, k, 120, n)))(states, env_params, keys, b)
     got, summary = jax.jit(lambda s, p, k: dqn.train_parties(
-        toy_env.ENV, s, p, k, 120, None if budgets is None else b))(states, env_params, keys)
+        toy_env.ENV, s, p, k, 120, None if budgets is None else b, gating=gating))(
+            states, env_params, keys)
     jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-6),
                  (got.params, got.target_params, got.opt_state),
                  (expected.params, expected.target_params, expected.opt_state))
@@ -115,7 +117,8 @@ def test_train_parties_equals_vmapped_training(budgets):
         jax.tree.map(lambda a, e: np.testing.assert_array_equal(a[2], e[2]), got, states)
 
 
-def test_train_parties_syncs_the_target_only_on_an_update():
+@pytest.mark.parametrize("gating", ["switch", "mask"])
+def test_train_parties_syncs_the_target_only_on_an_update(gating):
     """The target sync is due when the update counter is a multiple of target_update_every;
     on steps without an update (here: the buffer is still warming up) it must not fire, even
     when the counter already is a multiple (0 here) and the online network differs from the
@@ -127,7 +130,7 @@ def test_train_parties_syncs_the_target_only_on_an_update():
     states = states.replace(params=jax.tree.map(lambda x: x + 1.0, states.params))
     steps = SMALL.learning_starts // 2
     got, summary = jax.jit(lambda s: dqn.train_parties(toy_env.ENV, s, env_params, keys,
-                                                       steps))(states)
+                                                       steps, gating=gating))(states)
     assert int(jnp.sum(summary["updates"])) == 0
     jax.tree.map(np.testing.assert_array_equal, got.target_params, states.target_params)
     jax.tree.map(np.testing.assert_array_equal, got.params, states.params)

@@ -133,7 +133,7 @@ def test_round_is_deterministic_and_compiles_once():
     ({"num_rounds": 0}, "fed.num_rounds"), ({"sampling_rate": -0.1}, "fed.sampling_rate"),
     ({"dropout_rate": 1.0}, "fed.dropout_rate"), ({"clients_per_round": 9}, "clients_per_round"),
     ({"aggregation": "fedprox"}, "fed.aggregation"), ({"devices": -1}, "fed.devices"),
-    ({"devices": 64}, "fed.devices=64 but only")])
+    ({"devices": 64}, "fed.devices=64 but only"), ({"update_gating": "cond"}, "update_gating")])
 def test_round_config_errors(change, match):
     dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
     cfg = dataclasses.replace(FederatedConfig(), **change)
