@@ -231,13 +231,13 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         # train too and are discarded below: the cohort then shares one update schedule, which is
         # much cheaper than masking them step by step (see DQN.train_parties).
         party_keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(idx)
-        pad = jnp.zeros((padded - cohort,), jnp.int32)
-        trained, summary = local_training(
-            _take(selected, jnp.concatenate([jnp.arange(cohort), pad])),
-            _take(env_params, jnp.concatenate([idx, idx[pad]])),
-            jnp.concatenate([party_keys, party_keys[pad]]),
-            jnp.concatenate([budget, budget[pad]]))
-        trained, summary = _take((trained, summary), jnp.arange(cohort))
+        inputs = (selected, _take(env_params, idx), party_keys, budget)
+        if padded > cohort:  # static: only then copy (the buffers) into a padded cohort
+            first = jnp.zeros((padded - cohort,), jnp.int32)
+            inputs = jax.tree.map(lambda x: jnp.concatenate([x, x[first]]), inputs)
+        trained, summary = local_training(*inputs)
+        if padded > cohort:
+            trained, summary = _take((trained, summary), jnp.arange(cohort))
         trained = tree_select(sampled, trained, selected)  # unsampled: as if they sat it out
         summary = jax.tree.map(lambda x: jnp.where(sampled, x, 0), summary)
 

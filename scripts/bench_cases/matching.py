@@ -7,15 +7,17 @@ batches (256 x 16x48 and 64 x 64x128; quick: 64 x 16x48 and 16 x 64x128) of two 
 (``dispatch``: geometric, all nearby drivers want the same expensive orders, the hard case for
 auctions; ``uniform``: U(0,1) weights, few conflicts). Times are per problem, steady state
 (median of interleaved repeats after compilation, ``block_until_ready``); compile times are
-reported apart (``compile_s`` / ``baseline_compile_s``). The optimality gap of the auction is measured against
-scipy (relative, mean and max over the problems). Batches use ``match(..., method="auction")``,
-the staged batch auction (``auction_match_batch``: hard problems re-solved apart, same results
-as a plain ``vmap`` of ``auction_match``, which is timed too: ``plain_vmap_auction_ms_per_problem``).
-Rows: value = auction time, baseline = optax Hungarian or scipy.optimize.linear_sum_assignment (a Python loop over the batch), ratio =
+reported apart (``compile_s`` / ``baseline_compile_s``). The optimality gap of the auction is
+measured against scipy (relative, mean and max over the problems). Batches use
+``match(..., method="auction")``, the staged batch auction (``auction_match_batch``: hard
+problems re-solved apart, same results as a plain ``vmap`` of ``auction_match``, which is timed
+too: ``plain_vmap_auction_ms_per_problem``). Rows: value = auction time, baseline = optax
+Hungarian or scipy.optimize.linear_sum_assignment (a Python loop over the batch), ratio =
 baseline / value (> 1: the auction is faster).
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -26,6 +28,8 @@ import scipy.optimize
 from fedrl.matching import auction_match, hungarian_match, match
 from fedrl.matching.instances import random_instances
 
+from bench_cases.timing import interleaved_medians
+
 NAME = "matching"
 
 
@@ -35,19 +39,6 @@ def _compile(fn, args):
     compile_s = time.perf_counter() - start
     out = jax.block_until_ready(compiled(*args))  # warm-up
     return compiled, compile_s, out
-
-
-def _interleaved_medians(fns, args, repeats):
-    """Median time of each compiled fn, their calls interleaved so that load drift on a shared
-    machine hits all of them alike (timed one after the other, a 2x swing of the ratio between
-    runs was seen)."""
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
 
 
 def _scipy(weights, masks, repeats):
@@ -78,7 +69,9 @@ def _case(batch, n, m, kind, repeats, seed=0):
     f_a, c_a, res_a = _compile(auction, (w, mask))
     f_h, c_h, res_h = _compile(hungarian, (w, mask))
     fns = [f_a, f_h] + ([_compile(jax.vmap(auction_match), (w, mask))[0]] if batch > 1 else [])
-    t_a, t_h, *t_v = _interleaved_medians(fns, (w, mask), repeats)
+    times = interleaved_medians({i: functools.partial(f, w, mask) for i, f in enumerate(fns)},
+                                repeats)
+    t_a, t_h, *t_v = (times[i] for i in range(len(fns)))
     t_v = t_v[0] if t_v else t_a
     wn, mn = np.asarray(w).reshape(batch, n, m), np.asarray(mask).reshape(batch, n, m)
     t_s, opt = _scipy(wn, mn, max(1, repeats // 2))
