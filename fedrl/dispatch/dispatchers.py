@@ -13,11 +13,7 @@ import jax.numpy as jnp
 
 from fedrl.dispatch.types import Assignment, Candidates, Graph, SimConfig, SimState
 from fedrl.dispatch.weights import edge_weights
-
-
-def prefix_count(mask):
-    """Inclusive running count of True (see fedrl.dispatch.simulator.prefix_count)."""
-    return jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32))
+from fedrl.ops import prefix_count
 
 
 def run_matcher(weight, mask, method: str, allow_nonpositive: bool = False):

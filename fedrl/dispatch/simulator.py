@@ -34,6 +34,7 @@ from fedrl.dispatch.types import (BUSY, IDLE, OFFLINE, Assignment, BatchEvents, 
                                   Candidates, Drivers, Graph, Pending, SimConfig, SimState,
                                   Totals)
 from fedrl.dispatch.value import init_value, td0_update
+from fedrl.ops import nth_true, prefix_count
 from fedrl.dispatch.weights import cancel_probability, trip_time
 
 
@@ -73,21 +74,6 @@ def bucket_cell_of(x, y, cfg: SimConfig):
     col = jnp.clip(jnp.floor(x / cfg.bucket_cell_m).astype(jnp.int32), 0, cfg.bucket_cols - 1)
     row = jnp.clip(jnp.floor(y / cfg.bucket_cell_m).astype(jnp.int32), 0, cfg.bucket_rows - 1)
     return row * cfg.bucket_cols + col
-
-
-def prefix_count(mask, axis: int = -1):
-    """Inclusive running count of True along ``axis`` (log-depth scan: on CPU ``jnp.cumsum``
-    lowers to a quadratic reduce_window, ~5x slower on [52, 96], measured)."""
-    return jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32), axis=axis % mask.ndim)
-
-
-def nth_true(mask, n):
-    """Index of the (n+1)-th True of each row of ``mask`` [..., S] (S when there is none).
-
-    Counts the positions whose running count is <= n: a plain sum, where ``argmax`` (a
-    variadic reduce) costs ~100x more inside XLA CPU loops (measured on [52, 96]).
-    """
-    return jnp.sum(prefix_count(mask) <= n[..., None], axis=-1).astype(jnp.int32)
 
 
 def _rank_among_equal(keys, valid):

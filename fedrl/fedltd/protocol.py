@@ -38,10 +38,11 @@ from fedrl.config import ConfigError
 from fedrl.dispatch import dispatchers
 from fedrl.dispatch.schedule import DayData
 from fedrl.dispatch.simulator import (close_batch, dispatch_batch, dispatch_drivers,
-                                      init_state, prefix_count, residual_graph, serve_orders)
+                                      init_state, residual_graph, serve_orders)
 from fedrl.dispatch.types import IDLE, BatchLog, Candidates, SimConfig, SimState
 from fedrl.dispatch.value import init_value
 from fedrl.dispatch.weights import cancel_probability, edge_weights, order_advantage
+from fedrl.ops import prefix_count
 from fedrl.fedltd import encoding
 from fedrl.fedltd.config import FedLTDConfig
 from fedrl.fedltd.models import aggregate_models

@@ -69,20 +69,60 @@ def test_dispatch_shaped_batch_and_vmap_equals_loop():
         assert int(one.iterations) == int(batched.iterations[k])
 
 
-def test_staged_batch_equals_vmap(kind="dispatch", chunk=8):
-    """auction_match_batch (via match on a [2, 24] batch) == vmapped auction_match."""
-    w, mask = np_instances(kind, 48, 16, 48, seed=12)
+@pytest.mark.parametrize("first_iters,growth,chunk", [(None, None, 8), (5, 2, 8), (16, 3, 40)])
+def test_staged_batch_equals_vmap(first_iters, growth, chunk):
+    """auction_match_batch (resumed stages) == vmapped auction_match, rounds included."""
+    w, mask = np_instances("dispatch", 48, 16, 48, seed=12)
     plain = jax.jit(jax.vmap(auction_match))(w, mask)
-    # through match(): a batch of auction problems goes to auction_match_batch (2 x 24 here)
-    staged = jax.jit(lambda a, b: match(a, b, method="auction", chunk=chunk))(
-        w.reshape(2, 24, 16, 48), mask.reshape(2, 24, 16, 48))
-    staged = jax.tree.map(lambda x: x.reshape((48,) + x.shape[2:]), staged)
-    if kind == "dispatch":  # several re-solve chunks
-        assert int(np.sum(np.asarray(plain.iterations) > 16)) > 2 * chunk
+    assert int(np.sum(np.asarray(plain.iterations) > 16)) > 2 * 8  # several resumed chunks
+    staged = jax.jit(functools.partial(auction_match_batch, chunk=chunk, min_staged=0,
+                                       first_iters=first_iters, growth=growth))(w, mask)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(staged)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_staged_batch_through_match_transposed_and_assignment():
+    """match() passes the batch options on; n > m problems and assignment semantics too."""
+    w, mask = np_instances("normal", 12, 9, 5, seed=3)
+    for allow in (False, True):
+        plain = jax.vmap(functools.partial(auction_match, allow_nonpositive=allow))(w, mask)
+        staged = match(w.reshape(2, 6, 9, 5), mask.reshape(2, 6, 9, 5), method="auction",
+                       allow_nonpositive=allow, min_staged=0, chunk=4, first_iters=2)
+        staged = jax.tree.map(lambda x: x.reshape((12,) + x.shape[2:]), staged)
+        for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(staged)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_auction_resumes_exactly():
+    """A run cut by max_iters at any round and resumed makes the same rounds as one run
+    (mid-forward, mid-reverse and at phase ends; a resumption that re-decided whether to run
+    the reverse part diverged on about 1 problem in 3 here)."""
+    from fedrl.matching import auction as A
+    opts = A._Options(0.02, 0.1, None, TOL, True, True, True, False, 16, 4)
+    w, mask = np_instances("dispatch", 24, 16, 48, seed=5)
+    we, el = jax.vmap(lambda a, b: A._prepare(a, b, False))(jnp.asarray(w), jnp.asarray(mask))
+    run = jax.jit(jax.vmap(lambda w, e, s, b: A._auction_core(w, e, s, b, opts),
+                           in_axes=(0, 0, 0, None)))
+    s0 = jax.vmap(lambda a, b: A._initial_state(a, b, opts))(we, el)
+    full = run(we, el, s0, 100_000)
+    assert np.asarray(full["done"]).all()
+    for cut in range(int(np.max(full["it"])) + 1):
+        resumed = run(we, el, run(we, el, s0, cut), 100_000)
+        for key in ("it", "done", "r2c", "c2r", "p", "pi"):
+            np.testing.assert_array_equal(np.asarray(resumed[key]), np.asarray(full[key]),
+                                          err_msg=f"{key} after a cut at round {cut}")
+
+
+def test_batch_option_errors():
+    w, mask = np_instances("uniform", 4, 3, 3, seed=0)
     with pytest.raises(ConfigError, match="chunk"):
         auction_match_batch(w, mask, chunk=0)
+    with pytest.raises(ConfigError, match="growth"):
+        auction_match_batch(w, mask, growth=1)
+    with pytest.raises(ConfigError, match="unknown auction option"):
+        auction_match_batch(w, mask, min_staged=0, eps_strat=0.1)
+    with pytest.raises(ConfigError, match="eps_factor"):
+        auction_match_batch(w, mask, min_staged=0, eps_factor=2.0)
 
 
 def test_eps_cs_bound_without_certificate():

@@ -1,0 +1,51 @@
+"""fedrl.ops against NumPy: running counts, n-th True, first True indices."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fedrl.ops import first_true, nth_true, prefix_count, prefix_sum
+
+masks = st.lists(st.booleans(), min_size=0, max_size=70).map(lambda b: np.array(b, bool))
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks)
+def test_prefix_count_equals_cumsum(mask):
+    np.testing.assert_array_equal(prefix_count(jnp.asarray(mask)), np.cumsum(mask))
+
+
+def test_prefix_sum_along_an_axis():
+    x = np.random.default_rng(0).integers(-5, 5, (4, 9, 3))
+    for axis in (0, 1, -1):
+        np.testing.assert_array_equal(prefix_sum(jnp.asarray(x), axis), np.cumsum(x, axis))
+
+
+@settings(max_examples=60, deadline=None)
+@given(masks, st.integers(0, 12), st.sampled_from([None, -1, 999]))
+def test_first_true_equals_nonzero(mask, size, fill):
+    ref = np.flatnonzero(mask)[:size]
+    fill_ref = len(mask) if fill is None else fill
+    ref = np.concatenate([ref, np.full(size - len(ref), fill_ref)]).astype(np.int32)
+    out = first_true(jnp.asarray(mask), size, fill)
+    assert out.dtype == jnp.int32 and out.shape == (size,)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_first_true_under_jit_and_vmap():
+    rng = np.random.default_rng(1)
+    mask = rng.random((6, 40)) < 0.2
+    for size in (4, 16):  # both code paths (masked minima / prefix count)
+        out = jax.jit(jax.vmap(lambda m: first_true(m, size)))(jnp.asarray(mask))
+        ref = jax.vmap(lambda m: jnp.nonzero(m, size=size, fill_value=40)[0])(mask)
+        np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ValueError, match="1-D"):
+        first_true(jnp.asarray(mask), 3)
+
+
+def test_nth_true():
+    mask = np.array([[0, 1, 1, 0, 1], [0, 0, 0, 0, 0]], bool)
+    out = nth_true(jnp.asarray(mask), jnp.array([[0, 1, 2, 3]] * 2).T)
+    # row r, n = 0..3: index of the (n+1)-th True or 5 when there is none
+    np.testing.assert_array_equal(out, [[1, 5], [2, 5], [4, 5], [5, 5]])
