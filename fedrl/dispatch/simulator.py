@@ -35,6 +35,7 @@ from fedrl.dispatch.types import (BUSY, IDLE, OFFLINE, Assignment, BatchEvents, 
                                   Totals)
 from fedrl.dispatch.value import init_value, td0_update
 from fedrl.ops import nth_true, prefix_count
+from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
 from fedrl.dispatch.weights import cancel_probability, trip_time
 
 
@@ -443,14 +444,21 @@ def run_day(day: DayData, key, cfg: SimConfig, value=None):
     return simulate_day(init_state(day, cfg, value), day, key, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mode"))
-def run_platforms(days: DayData, keys, cfg: SimConfig, values=None, mode: str = "vmap"):
+@functools.partial(jax.jit, static_argnames=("cfg", "mode", "devices"))
+def run_platforms(days: DayData, keys, cfg: SimConfig, values=None, mode: str = "vmap",
+                  devices: int = 0):
     """K platforms in one program over a leading platform axis of days/keys/values.
 
     ``mode="vmap"`` batches the platforms (``jax.vmap``); ``mode="map"`` runs them one after
     another with ``lax.map`` (same results; on CPU it avoids paying for the slowest platform's
-    matcher iterations in every platform, see docs/dispatch.md).
+    matcher iterations in every platform, see docs/dispatch.md); ``mode="shard"`` splits the
+    platforms over ``devices`` local devices (0 = all, at most K; ``jax.shard_map``), each
+    running its block with ``lax.map`` (K is padded to a multiple of the device count with
+    copies of the first platform, discarded). On a 2-core CPU with 2 host devices
+    (``XLA_FLAGS=--xla_force_host_platform_device_count=2``) this uses both cores.
     """
+    if mode not in ("vmap", "map", "shard"):
+        raise ValueError(f"mode must be vmap, map or shard, got {mode!r}")
     if values is None:
         values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)
 
@@ -462,4 +470,7 @@ def run_platforms(days: DayData, keys, cfg: SimConfig, values=None, mode: str = 
         return jax.vmap(lambda d, k, v: one((d, k, v)))(days, keys, values)
     if mode == "map":
         return jax.lax.map(one, (days, keys, values))
-    raise ValueError(f"mode must be vmap or map, got {mode!r}")
+    num = keys.shape[0]
+    mesh = local_mesh("platforms", devices, num, setting="devices")
+    block = split_leading(lambda d, k, v: jax.lax.map(one, (d, k, v)), mesh)
+    return unpad_leading(block(*pad_leading((days, keys, values), padded_size(num, mesh))), num)

@@ -29,13 +29,13 @@ from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns, tree_select
 from fedrl.config import require, require_in_range
+from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
 from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
                                          fedavgm_optimizer, server_update)
 
@@ -121,18 +121,13 @@ def _take(tree: PyTree, idx: jax.Array) -> PyTree:
 
 def party_mesh(devices: int = 0, cohort: int | None = None) -> Mesh:
     """A 1-D mesh with axis ``parties`` over the first ``devices`` local devices (0 = all of
-    them), never more devices than the ``cohort`` has parties.
+    them), never more devices than the ``cohort`` has parties (see :mod:`fedrl.sharding`).
 
     On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` makes N host devices: each
     runs its shard on its own thread, which is how a round uses more than one core (XLA runs
     the small per-party matmuls of a ``vmap`` single-threaded).
     """
-    available = jax.local_devices()
-    n = len(available) if devices == 0 else devices
-    require(n <= len(available), f"fed.devices={devices} but only {len(available)} local "
-            f"device(s) exist (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-    n = min(n, cohort or n)
-    return Mesh(np.asarray(available[:n]), ("parties",))
+    return local_mesh("parties", devices, cohort, setting="fed.devices")
 
 
 def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: FederatedConfig,
@@ -163,7 +158,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
     num_devices = mesh.devices.size
     # The cohort is padded to a multiple of the device count with copies of its first party,
     # which train like the others and are then discarded.
-    padded = -(-cohort // num_devices) * num_devices
+    padded = padded_size(cohort, mesh)
     aggregator = aggregator or fedavg()
     server_opt = make_server_optimizer(cfg)
     federated = cfg.aggregation != "none"
@@ -173,10 +168,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         return dqn.train_parties(env, states, params_env, keys, cfg.local_steps, budgets,
                                  gating=cfg.update_gating)
 
-    if num_devices > 1:
-        local_training = jax.shard_map(local_training, mesh=mesh,
-                                       in_specs=PartitionSpec("parties"),
-                                       out_specs=PartitionSpec("parties"))
+    local_training = split_leading(local_training, mesh)
 
     def keep_split(parties: DQNState) -> DQNState:
         """Parties' state sharded on the mesh between rounds (not replicated on every device)."""
@@ -232,12 +224,8 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         # much cheaper than masking them step by step (see DQN.train_parties).
         party_keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(idx)
         inputs = (selected, _take(env_params, idx), party_keys, budget)
-        if padded > cohort:  # static: only then copy (the buffers) into a padded cohort
-            first = jnp.zeros((padded - cohort,), jnp.int32)
-            inputs = jax.tree.map(lambda x: jnp.concatenate([x, x[first]]), inputs)
-        trained, summary = local_training(*inputs)
-        if padded > cohort:
-            trained, summary = _take((trained, summary), jnp.arange(cohort))
+        # (padding copies the buffers: static, only when there is padding)
+        trained, summary = unpad_leading(local_training(*pad_leading(inputs, padded)), cohort)
         trained = tree_select(sampled, trained, selected)  # unsampled: as if they sat it out
         summary = jax.tree.map(lambda x: jnp.where(sampled, x, 0), summary)
 

@@ -1,8 +1,10 @@
 """Wall time of one simulated dispatch day: jitted lax.scan vs a Python loop with scipy.
 
 Ours: ``fedrl.dispatch.simulator.run_day`` / ``run_platforms`` (one jitted ``lax.scan`` over
-43,200 two-second batches at Chengdu scale; 3 platforms are a ``vmap``), learning-to-dispatch
-weights with the JAX auction. Compile time is reported in its own rows.
+43,200 two-second batches at Chengdu scale; 3 platforms as a ``vmap``, a ``lax.map``, and, with
+several local devices (``scripts/bench.py --host-devices``, default one per core), split over
+the devices with ``shard_map``), learning-to-dispatch weights with the JAX auction. Compile
+time is reported in its own rows.
 
 Baseline, measured in the same run: the same batch logic written with NumPy and driven by a
 Python loop over batches, one ``scipy.optimize.linear_sum_assignment`` per batch (the usual
@@ -14,6 +16,7 @@ the jitted step costs the same fixed-shape work in every batch).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -29,6 +32,8 @@ from fedrl.dispatch.schedule import build_day, split_by_platform, stack_days
 from fedrl.dispatch.simulator import run_day, run_platforms
 from fedrl.dispatch.types import SimConfig
 from fedrl.dispatch.value import idle_discount, value_grid
+
+from bench_cases.timing import interleaved_medians
 
 NAME = "dispatch_day"
 
@@ -169,75 +174,68 @@ def _setup(quick: bool):
     return city, cfg, value, nb, one, three, nb
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    return out, time.perf_counter() - start
-
-
-def _baseline_window(day, cfg, value, seed, first, count):
-    sim = NumpyDispatch(day, cfg, value, seed)
-    # the baseline starts fresh at ``first``: every driver on shift then is idle
-    on = np.asarray(day.events.online)[:first].ravel()
-    started = np.asarray(day.online0).copy()
-    started[on[on >= 0]] = True
-    t_first = float(day.t_start) + first * cfg.batch_s
-    sim.status[started & (sim.shift_end > t_first)] = 1
-    start = time.perf_counter()
-    for b in range(first, first + count):
-        sim.step(b)
-    _baseline_window.revenue += sim.revenue
-    return (time.perf_counter() - start) / count
-
-
-_baseline_window.revenue = 0.0
+def _baseline_day(days, cfg, value) -> float:
+    """The Python-loop baseline over every batch of the window for each platform's day (all
+    drivers on shift at the start are idle, as in ours); returns the total revenue."""
+    revenue = 0.0
+    for i, day in enumerate(days):
+        sim = NumpyDispatch(day, cfg, value, i)
+        started = np.asarray(day.online0)
+        sim.status[started & (sim.shift_end > float(day.t_start))] = 1
+        for b in range(day.events.online.shape[0]):
+            sim.step(b)
+        revenue += sim.revenue
+    return revenue
 
 
 def run(quick: bool) -> list[dict]:
     city, cfg1, value, nb, one, three, window = _setup(quick)
     key = jax.random.PRNGKey(0)
-    rows, baseline = [], {}
     label = (f"scale={city.scale:g}, {city.hours:g} h from {city.start_hour:g}:00, "
              f"{nb} batches of {cfg1.batch_s:g} s, ltd+auction")
-    first = 0  # the whole simulated window, from the same start as ours
-    for k, days, mode in ((1, [one], None), (3, three, "vmap"), (3, three, "map")):
-        # per-platform capacities shrink with the platform (a third of the drivers/orders)
-        cfg = cfg1 if k == 1 else dataclasses.replace(
-            cfg1, max_pending=cfg1.max_pending // 2, bucket_slots=cfg1.bucket_slots // 2)
-        if k == 1:
-            lowered = lambda: run_day.lower(one, key, cfg, value)
-            args = (one, key, value)
-        else:
-            stacked = stack_days(days)
-            keys = jax.random.split(key, 3)
-            values = np.broadcast_to(np.asarray(value), (3,) + value.shape).copy()
-            lowered = lambda: run_platforms.lower(stacked, keys, cfg, values, mode)
-            args = (stacked, keys, values)
+    # per-platform capacities shrink with the platform (a third of the drivers/orders)
+    cfg3 = dataclasses.replace(cfg1, max_pending=cfg1.max_pending // 2,
+                               bucket_slots=cfg1.bucket_slots // 2)
+    stacked, keys = stack_days(three), jax.random.split(key, 3)
+    values = np.broadcast_to(np.asarray(value), (3,) + value.shape).copy()
+    variants = {"1platform": (1, run_day.lower(one, key, cfg1, value), (one, key, value))}
+    modes = ["vmap", "map"] + (["shard"] if jax.local_device_count() > 1 else [])
+    for mode in modes:
+        variants[f"3platform_{mode}"] = (3, run_platforms.lower(stacked, keys, cfg3, values, mode),
+                                         (stacked, keys, values))
+    compiled, compile_s, outputs = {}, {}, {}
+    for tag, (_, lowered, args) in variants.items():
         start = time.perf_counter()
-        compiled = lowered().compile()
-        compile_s = time.perf_counter() - start
-        runs = [_timed(compiled, *args) for _ in range(2 if quick else 1)]
-        ours = float(np.median([r[1] for r in runs]))
-        totals = runs[-1][0][0].totals
+        compiled[tag] = lowered.compile()
+        compile_s[tag] = time.perf_counter() - start
+        outputs[tag] = jax.block_until_ready(compiled[tag](*args))  # warm-up
+    # ours and the baselines interleaved (the machine's speed drifts): median of the repeats
+    base_revenue = {}
+
+    def baseline(k):
+        def fn():
+            base_revenue[k] = _baseline_day([one] if k == 1 else three,
+                                            cfg1 if k == 1 else cfg3, value)
+        return fn
+
+    fns = {tag: functools.partial(compiled[tag], *variants[tag][2]) for tag in variants}
+    fns.update({f"baseline{k}": baseline(k) for k in (1, 3)})
+    times = interleaved_medians(fns, 2)
+    rows = []
+    for tag, (k, _, _) in variants.items():
+        totals = outputs[tag][0].totals
         overflow = int(sum(float(np.sum(np.asarray(getattr(totals, f)))) for f in (
             "pending_overflow", "bucket_overflow", "calendar_overflow", "calendar_clamped")))
-        revenue = float(np.sum(np.asarray(totals.revenue)))
-        if k not in baseline:
-            _baseline_window.revenue = 0.0
-            baseline[k] = sum(_baseline_window(d, cfg, value, i, first, window)
-                              for i, d in enumerate(days)) * nb
-            baseline[f"revenue{k}"] = _baseline_window.revenue
-        base_total = baseline[k]
-        tag = f"{k}platform" + (f"_{mode}" if mode else "")
+        devices = min(k, jax.local_device_count()) if tag.endswith("shard") else 1
         rows.append({"name": f"dispatch_day/{tag}", "params": {
-            "day": label, "platforms": k, "revenue": round(revenue),
+            "day": label, "platforms": k, "devices": devices,
+            "revenue": round(float(np.sum(np.asarray(totals.revenue)))),
             "dropped_by_capacity": overflow,
             "baseline_window": f"all {window} batches (no extrapolation)",
-            "baseline_revenue": round(baseline[f"revenue{k}"])},
-            "value": ours, "unit": "s/day", "baseline": "python loop + numpy + scipy lsa",
-            "baseline_value": base_total, "ratio": base_total / ours})
+            "baseline_revenue": round(base_revenue[k]), "timing": "interleaved, median of 2"},
+            "value": times[tag], "unit": "s/day", "baseline": "python loop + numpy + scipy lsa",
+            "baseline_value": times[f"baseline{k}"], "ratio": times[f"baseline{k}"] / times[tag]})
         rows.append({"name": f"dispatch_day/{tag}_compile", "params": {"platforms": k},
-                     "value": compile_s, "unit": "s", "baseline": None,
+                     "value": compile_s[tag], "unit": "s", "baseline": None,
                      "baseline_value": None, "ratio": None})
     return rows

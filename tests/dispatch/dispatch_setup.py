@@ -31,6 +31,10 @@ def small_city():
 
 @pytest.fixture(scope="session")
 def all_days(small_city):
+    return stacked_days(small_city)
+
+
+def stacked_days(small_city):
     """Stack of [whole city, platform 0, platform 1], padded to common shapes."""
     rng = np.random.default_rng(0)
     proj = local_projection(CHENGDU_BOUNDS)
