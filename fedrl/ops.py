@@ -20,12 +20,13 @@ def prefix_sum(x, axis: int = -1):
 
 
 def prefix_count(mask, axis: int = -1):
-    """Inclusive running count of True along ``axis`` (int32)."""
-    return prefix_sum(mask.astype(jnp.int32), axis)
+    """Inclusive running count of True (nonzero) entries along ``axis`` (int32)."""
+    return prefix_sum(mask.astype(bool).astype(jnp.int32), axis)
 
 
 def nth_true(mask, n):
-    """Index of the (n+1)-th True of each row of ``mask`` [..., S] (S when there is none).
+    """Index of the (n+1)-th True of each row of ``mask`` [..., S] (S when there is none);
+    ``n`` is an integer array broadcasting against ``mask.shape[:-1]``.
 
     Counts the positions whose running count is <= n: a plain sum, where ``argmax`` (a
     variadic reduce) costs ~100x more inside XLA:CPU loops (measured on [52, 96]).
@@ -44,6 +45,9 @@ def first_true(mask, size: int, fill_value: int | None = None):
     """
     if mask.ndim != 1:
         raise ValueError(f"first_true expects a 1-D mask, got shape {mask.shape}")
+    if size < 0:
+        raise ValueError(f"first_true size must be >= 0, got {size}")
+    mask = mask.astype(bool)  # any nonzero entry counts, as in jnp.nonzero
     length = mask.shape[0]
     iota = jnp.arange(length, dtype=jnp.int32)
     if size <= 8:

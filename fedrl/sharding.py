@@ -21,11 +21,13 @@ def local_mesh(axis: str, devices: int = 0, size: int | None = None, *,
     """A 1-D mesh named ``axis`` over the first ``devices`` local devices (0 = all of them),
     never more than ``size`` (the length of the axis to split). ``setting`` names the config
     field in the error raised when more devices are asked for than exist."""
+    require(isinstance(devices, int) and devices >= 0,
+            f"{setting} must be an int >= 0 (0 = every local device), got {devices!r}")
     available = jax.local_devices()
     n = len(available) if devices == 0 else devices
     require(n <= len(available), f"{setting}={devices} but only {len(available)} local "
             f"device(s) exist (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-    n = min(n, size or n)
+    n = min(n, n if size is None else max(size, 1))
     return Mesh(np.asarray(available[:n]), (axis,))
 
 

@@ -49,3 +49,12 @@ def test_nth_true():
     out = nth_true(jnp.asarray(mask), jnp.array([[0, 1, 2, 3]] * 2).T)
     # row r, n = 0..3: index of the (n+1)-th True or 5 when there is none
     np.testing.assert_array_equal(out, [[1, 5], [2, 5], [4, 5], [5, 5]])
+
+
+def test_first_true_counts_nonzero_entries_and_rejects_bad_sizes():
+    ints = jnp.array([0, 2, 1, 0, -1])
+    for size in (3, 10):  # both code paths
+        np.testing.assert_array_equal(first_true(ints, size),
+                                      jnp.nonzero(ints, size=size, fill_value=5)[0])
+    with pytest.raises(ValueError, match="size"):
+        first_true(ints, -1)

@@ -34,9 +34,9 @@ from fedrl.dispatch.types import (BUSY, IDLE, OFFLINE, Assignment, BatchEvents, 
                                   Candidates, Drivers, Graph, Pending, SimConfig, SimState,
                                   Totals)
 from fedrl.dispatch.value import init_value, td0_update
+from fedrl.dispatch.weights import cancel_probability, trip_time
 from fedrl.ops import nth_true, prefix_count
 from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
-from fedrl.dispatch.weights import cancel_probability, trip_time
 
 
 def init_state(day: DayData, cfg: SimConfig, value=None) -> SimState:

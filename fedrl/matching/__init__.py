@@ -11,7 +11,7 @@ so nodes may stay unmatched. All are jit-able and vmap-able over a leading batch
 
 * :func:`auction_match` - Bertsekas' auction with epsilon scaling (forward/reverse), within
   ``min(n, m) * eps_final`` of the optimum; exact for integer weights by default.
-* :func:`auction_match_batch` - the auction over a batch, hard problems re-solved apart.
+* :func:`auction_match_batch` - the auction over a batch, hard problems resumed apart.
 * :func:`hungarian_match` - exact, optax's JAX Hungarian algorithm.
 * :func:`greedy_match` - heaviest edge first, >= 1/2 of the optimum.
 * :func:`match` - ``match(weights, mask, method="auction"|"hungarian"|"greedy", **opts)``,

@@ -25,8 +25,9 @@ def match(weights, mask=None, method: str = "auction", **opts) -> MatchResult:
     Leading axes are batch axes: the matcher is ``jax.vmap``-ed over them (equal-shape problems,
     padded and masked by the caller); the auction uses
     :func:`fedrl.matching.auction.auction_match_batch` (same per-problem results, hard problems
-    re-solved apart; ``chunk`` / ``first_iters`` options). ``opts`` go to the matcher (e.g. ``max_iters`` for the
-    auction, ``allow_nonpositive`` for all). Jit-able with ``method`` static.
+    resumed apart; ``chunk`` / ``first_iters`` / ``growth`` / ``min_staged`` options). ``opts``
+    go to the matcher (e.g. ``max_iters`` for the auction, ``allow_nonpositive`` for all).
+    Jit-able with ``method`` static.
     """
     if method not in MATCHERS:
         raise ConfigError(f"unknown matching method {method!r}; choose one of {sorted(MATCHERS)}")
@@ -40,7 +41,7 @@ def match(weights, mask=None, method: str = "auction", **opts) -> MatchResult:
                 f"mask shape {mask.shape} does not match weights shape {weights.shape}")
     fn = MATCHERS[method]
     if method == "auction" and weights.ndim >= 3:
-        # batches: the staged batch auction (hard problems re-solved apart, same results)
+        # batches: the staged batch auction (hard problems resumed apart, same results)
         lead = weights.shape[:-2]
         flat = weights.reshape((-1,) + weights.shape[-2:])
         fmask = None if mask is None else mask.reshape(flat.shape)

@@ -67,11 +67,11 @@ with ``min(n, m)`` up to ~100; the certificate is computed in the weights' dtype
 
 Speed notes. The smaller side bids forward. Best / second best use max + masked max and the
 best index a min over an iota (argmax is a slow variadic reduce on XLA:CPU, ``lax.top_k``
-slower still); competing bids are resolved by scatter-max over the bidders rather than a dense
-bid matrix. The first forward round of a phase is dense (all released rows bid); later rounds
-gather only the first ``bidders_per_round`` active bidders (4 by default), because after the
-first round a phase has only a few active bidders and a dense round would spend O(n m) on
-settled ones (any subset of bidders may bid, so this is still the auction: between
+slower still); competing bids are resolved by a max over the one-hot bid matrix when it is
+small (compacted rounds, dispatch-sized problems) and by scatter-max over the bidders above.
+The first forward round of a phase is dense (all released rows bid); later rounds gather only
+the first ``bidders_per_round`` active bidders (4 by default), because after the first round a
+phase has only a few active bidders and a dense round would spend O(n m) on settled ones (any subset of bidders may bid, so this is still the auction: between
 Gauss-Seidel and Jacobi). Under ``vmap`` every ``while_loop`` runs until the slowest problem of
 the batch is done, and phases are synchronised across the batch.
 """
@@ -97,8 +97,9 @@ def _bids(values, prices, eps, candidates, ids, num_bidders):
     ``values`` [r, objects] are the candidates' weights minus prices (-inf where ineligible),
     ``ids`` [r] their bidder indices. Best and second best by max + masked max and the best
     index by a min over an iota (XLA's argmax is a variadic reduce, slow on CPU; ``lax.top_k``
-    is slower still). Objects resolve competing bids with scatter-max/min over the bidders
-    (O(bidders), not a dense bid matrix); ties between equal offers go to the lowest index.
+    is slower still). Objects resolve competing bids by max/min over the one-hot bid matrix
+    when it has at most ``_ONE_HOT_MAX`` entries, else by scatter-max/min over the bidders
+    (O(bidders)); both give the same result; ties between equal offers go to the lowest index.
     Returns (best, new_profit, settling, top, has_bid, winner, won).
     """
     no = values.shape[1]
@@ -106,7 +107,7 @@ def _bids(values, prices, eps, candidates, ids, num_bidders):
     iota = jnp.arange(no, dtype=jnp.int32)
     # (the min runs in float32: XLA:CPU rewrites an int32 min over > 32 entries into a slow
     # reduce_window, measured)
-    best = jnp.min(jnp.where(values == beta[:, None], iota.astype(values.dtype)[None, :],
+    best = jnp.min(jnp.where(values == beta[:, None], iota.astype(jnp.float32)[None, :],
                              no - 1), axis=1).astype(jnp.int32)
     omega = jnp.max(jnp.where(iota[None, :] == best[:, None], _NEG, values), axis=1)
     bidding = candidates & (beta > eps)
@@ -377,8 +378,8 @@ def _check_options(eps_start, eps_factor, eps_final, tol, max_iters, first_round
         raise ConfigError(f"eps_final must be > 0 or None, got {eps_final!r}")
     if not tol > 0.0:
         raise ConfigError(f"tol must be > 0, got {tol!r}")
-    if not (isinstance(max_iters, int) and max_iters >= 0):
-        raise ConfigError(f"max_iters must be an int >= 0, got {max_iters!r}")
+    if not (isinstance(max_iters, int) and 0 <= max_iters <= _NO_LIMIT):
+        raise ConfigError(f"max_iters must be an int in [0, 2**31 - 1], got {max_iters!r}")
     if not (isinstance(first_rounds, int) and first_rounds >= 0):
         raise ConfigError(f"first_rounds must be an int >= 0, got {first_rounds!r}")
     if bidders_per_round is not None and not (
@@ -460,7 +461,8 @@ def auction_match_batch(weights, mask=None, *, chunk: int = 24, first_iters: int
 
     The auction state is resumable (a phase stopped by the budget continues where it stopped),
     so each problem makes exactly the rounds it makes alone: the result equals
-    :func:`auction_match` on each problem (tested, for any ``first_iters`` and ``growth``),
+    :func:`auction_match` on each problem (tested for several ``first_iters`` / ``growth`` /
+    ``chunk``),
     with the same guarantee, and no round is made twice. ``iterations`` counts each
     problem's rounds.
 
@@ -478,6 +480,8 @@ def auction_match_batch(weights, mask=None, *, chunk: int = 24, first_iters: int
     weights = jnp.asarray(weights)
     if weights.ndim != 3:
         raise ConfigError(f"weights must have shape [batch, n, m], got {weights.shape}")
+    if not jnp.issubdtype(weights.dtype, jnp.floating):
+        weights = weights.astype(jnp.float32)  # as auction_match does (check_problem)
     if mask is None:
         mask = jnp.ones(weights.shape, bool)
     mask = jnp.asarray(mask)
@@ -489,25 +493,25 @@ def auction_match_batch(weights, mask=None, *, chunk: int = 24, first_iters: int
         raise ConfigError(f"growth must be an int >= 2 or None, got {growth!r}")
     if not (isinstance(min_staged, int) and min_staged >= 0):
         raise ConfigError(f"min_staged must be an int >= 0, got {min_staged!r}")
-    max_iters = options.pop("max_iters", 100_000)
-    k1 = options.get("first_rounds", 16) if first_iters is None else first_iters
-    if not (isinstance(k1, int) and k1 >= 0):
-        raise ConfigError(f"first_iters must be an int >= 0 or None, got {first_iters!r}")
-    B, n, m = weights.shape
-    if k1 == 0 or k1 >= max_iters or B < min_staged or n == 0 or m == 0:
-        return jax.vmap(lambda w, msk: auction_match(
-            w, msk, max_iters=max_iters, allow_nonpositive=allow_nonpositive, **options)
-        )(weights, mask)
-    # auction_match's own defaults and checks, applied once for the whole batch
+    # auction_match's own defaults and checks, applied once whichever path runs
     defaults = {k: v.default for k, v in inspect.signature(auction_match).parameters.items()
-                if k not in ("weights", "mask", "max_iters", "allow_nonpositive")}
+                if k not in ("weights", "mask", "allow_nonpositive")}
     unknown = set(options) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown auction option(s) {sorted(unknown)}; "
-                          f"choose from {sorted(defaults) + ['max_iters']}")
+                          f"choose from {sorted(defaults)}")
     kw = {**defaults, **options}
+    max_iters = kw.pop("max_iters")
     _check_options(kw["eps_start"], kw["eps_factor"], kw["eps_final"], kw["tol"], max_iters,
                    kw["first_rounds"], kw["bidders_per_round"])
+    k1 = kw["first_rounds"] if first_iters is None else first_iters
+    if not (isinstance(k1, int) and k1 >= 0):
+        raise ConfigError(f"first_iters must be an int >= 0 or None, got {first_iters!r}")
+    B, n, m = weights.shape
+    if k1 == 0 or k1 >= max_iters or B < min_staged or B == 0 or n == 0 or m == 0:
+        return jax.vmap(lambda w, msk: auction_match(
+            w, msk, max_iters=max_iters, allow_nonpositive=allow_nonpositive, **kw)
+        )(weights, mask)
     opts = _Options(kw["eps_start"], kw["eps_factor"], kw["eps_final"], kw["tol"],
                     kw["reverse_each_phase"], kw["warm_start"], kw["exact_integer"],
                     kw["reset_stale"], kw["first_rounds"], kw["bidders_per_round"])
@@ -532,7 +536,10 @@ def auction_match_batch(weights, mask=None, *, chunk: int = 24, first_iters: int
 
     def stage(carry):
         states, budget = carry
-        budget = jnp.minimum(budget * (growth or max_iters), max_iters)
+        if growth is None:
+            budget = jnp.asarray(max_iters, jnp.int32)
+        else:  # (no int32 overflow for budgets near 2**31)
+            budget = jnp.where(budget > max_iters // growth, max_iters, budget * growth)
         states, _, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), chunk_step,
                                           (states, unfinished(states), budget))
         return states, budget

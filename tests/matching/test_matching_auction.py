@@ -85,20 +85,33 @@ def test_staged_batch_through_match_transposed_and_assignment():
     """match() passes the batch options on; n > m problems and assignment semantics too."""
     w, mask = np_instances("normal", 12, 9, 5, seed=3)
     for allow in (False, True):
-        plain = jax.vmap(functools.partial(auction_match, allow_nonpositive=allow))(w, mask)
-        staged = match(w.reshape(2, 6, 9, 5), mask.reshape(2, 6, 9, 5), method="auction",
-                       allow_nonpositive=allow, min_staged=0, chunk=4, first_iters=2)
+        plain = jax.jit(jax.vmap(functools.partial(auction_match, allow_nonpositive=allow)))(
+            w, mask)
+        staged = jax.jit(lambda a, b: match(a, b, method="auction", allow_nonpositive=allow,
+                                            min_staged=0, chunk=4, first_iters=2))(
+            w.reshape(2, 6, 9, 5), mask.reshape(2, 6, 9, 5))
         staged = jax.tree.map(lambda x: x.reshape((12,) + x.shape[2:]), staged)
         for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(staged)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_auction_resumes_exactly():
-    """A run cut by max_iters at any round and resumed makes the same rounds as one run
-    (mid-forward, mid-reverse and at phase ends; a resumption that re-decided whether to run
-    the reverse part diverged on about 1 problem in 3 here)."""
+RESUME_VARIANTS = {
+    "defaults": {},
+    "no-reverse-each-phase+reset-stale": dict(reverse_each_phase=False, reset_stale=True,
+                                              first_rounds=3),
+    "cold-phases+jacobi": dict(warm_start=False, width=None),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(RESUME_VARIANTS))
+def test_auction_resumes_exactly(variant):
+    """A run cut by max_iters at any round (and again 2 rounds later) and resumed makes the
+    same rounds as one run, in every state field (mid-forward, mid-reverse, at phase ends; a
+    resumption that re-decided whether to run the reverse part diverged on about 1 problem in
+    3 here)."""
     from fedrl.matching import auction as A
-    opts = A._Options(0.02, 0.1, None, TOL, True, True, True, False, 16, 4)
+    opts = A._Options(0.02, 0.1, None, TOL, True, True, True, False, 16, 4)._replace(
+        **RESUME_VARIANTS[variant])
     w, mask = np_instances("dispatch", 24, 16, 48, seed=5)
     we, el = jax.vmap(lambda a, b: A._prepare(a, b, False))(jnp.asarray(w), jnp.asarray(mask))
     run = jax.jit(jax.vmap(lambda w, e, s, b: A._auction_core(w, e, s, b, opts),
@@ -107,10 +120,47 @@ def test_auction_resumes_exactly():
     full = run(we, el, s0, 100_000)
     assert np.asarray(full["done"]).all()
     for cut in range(int(np.max(full["it"])) + 1):
-        resumed = run(we, el, run(we, el, s0, cut), 100_000)
-        for key in ("it", "done", "r2c", "c2r", "p", "pi"):
+        resumed = run(we, el, run(we, el, run(we, el, s0, cut), cut + 2), 100_000)
+        assert set(resumed) == set(full)
+        for key in full:
             np.testing.assert_array_equal(np.asarray(resumed[key]), np.asarray(full[key]),
                                           err_msg=f"{key} after a cut at round {cut}")
+
+
+def test_one_hot_and_scatter_bids_agree(monkeypatch):
+    """The two ways of resolving competing bids (one-hot reductions on small bid matrices,
+    scatter-max/min above) give the same runs, ties included."""
+    from fedrl.matching import auction as A
+    results = {}
+    for limit in (A._ONE_HOT_MAX, 0):
+        monkeypatch.setattr(A, "_ONE_HOT_MAX", limit)
+        for n, m in ((6, 9), (9, 6)):
+            # 8 instances of every kind in one batch (one compile per shape and width)
+            w, mask = (np.concatenate(x) for x in zip(
+                *(np_instances(kind, 8, n, m, seed=2) for kind in KINDS)))
+            for width in (None, 2):
+                fn = jax.jit(jax.vmap(functools.partial(auction_match, bidders_per_round=width)))
+                results[limit, n, width] = jax.tree.map(np.asarray, fn(w, mask))
+    for (limit, *rest), res in results.items():
+        if limit == 0:
+            jax.tree.map(np.testing.assert_array_equal, res, results[(A._ONE_HOT_MAX, *rest)])
+
+
+def test_batch_regressions():
+    """Found in review: int32 budget overflow (hang), integer weights, empty batch."""
+    w, mask = np_instances("dispatch", 4, 10, 30, seed=1)
+    ref = jax.jit(jax.vmap(auction_match))(w, mask)
+    for growth in (None, 2):  # max_iters near 2**31: the budget must not wrap around
+        res = jax.jit(functools.partial(auction_match_batch, min_staged=0,
+                                        max_iters=2**31 - 1, growth=growth))(w, mask)
+        jax.tree.map(np.testing.assert_array_equal, res, ref)
+    ints = np.random.default_rng(0).integers(-3, 9, (6, 4, 5))
+    staged = jax.jit(functools.partial(auction_match_batch, min_staged=0, first_iters=1))(ints)
+    plain = jax.jit(jax.vmap(auction_match))(ints)
+    assert staged.total.dtype == plain.total.dtype == jnp.float32
+    jax.tree.map(np.testing.assert_array_equal, staged, plain)
+    empty = auction_match_batch(np.zeros((0, 3, 4), np.float32), min_staged=0)
+    assert empty.row_to_col.shape == (0, 3)
 
 
 def test_batch_option_errors():
@@ -119,10 +169,15 @@ def test_batch_option_errors():
         auction_match_batch(w, mask, chunk=0)
     with pytest.raises(ConfigError, match="growth"):
         auction_match_batch(w, mask, growth=1)
-    with pytest.raises(ConfigError, match="unknown auction option"):
-        auction_match_batch(w, mask, min_staged=0, eps_strat=0.1)
-    with pytest.raises(ConfigError, match="eps_factor"):
-        auction_match_batch(w, mask, min_staged=0, eps_factor=2.0)
+    for min_staged in (0, 128):  # the same errors on the staged and the plain path
+        with pytest.raises(ConfigError, match="unknown auction option"):
+            auction_match_batch(w, mask, min_staged=min_staged, eps_strat=0.1)
+        with pytest.raises(ConfigError, match="eps_factor"):
+            auction_match_batch(w, mask, min_staged=min_staged, eps_factor=2.0)
+        with pytest.raises(ConfigError, match="max_iters"):
+            auction_match_batch(w, mask, min_staged=min_staged, max_iters=None)
+        with pytest.raises(ConfigError, match="first_rounds"):
+            auction_match_batch(w, mask, min_staged=min_staged, first_rounds=-3)
 
 
 def test_eps_cs_bound_without_certificate():
