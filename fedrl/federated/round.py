@@ -35,9 +35,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns, tree_select
 from fedrl.config import require, require_in_range
-from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
 from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
                                          fedavgm_optimizer, server_update)
+from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
 
 PyTree = Any
 

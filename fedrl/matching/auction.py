@@ -84,8 +84,8 @@ import jax
 import jax.numpy as jnp
 
 from fedrl.config import ConfigError
-from fedrl.ops import first_true
 from fedrl.matching.types import MatchResult, check_problem, eligible_weights, result_from_rows
+from fedrl.ops import first_true
 
 _NEG = -jnp.inf
 _ONE_HOT_MAX = 8192  # bidders x objects up to which bids are resolved densely
