@@ -71,9 +71,10 @@ slower still); competing bids are resolved by a max over the one-hot bid matrix 
 small (compacted rounds, dispatch-sized problems) and by scatter-max over the bidders above.
 The first forward round of a phase is dense (all released rows bid); later rounds gather only
 the first ``bidders_per_round`` active bidders (4 by default), because after the first round a
-phase has only a few active bidders and a dense round would spend O(n m) on settled ones (any subset of bidders may bid, so this is still the auction: between
-Gauss-Seidel and Jacobi). Under ``vmap`` every ``while_loop`` runs until the slowest problem of
-the batch is done, and phases are synchronised across the batch.
+phase has only a few active bidders and a dense round would spend O(n m) on settled ones (any
+subset of bidders may bid, so this is still the auction: between Gauss-Seidel and Jacobi).
+Under ``vmap`` every ``while_loop`` runs until the slowest problem of the batch is done, and
+phases are synchronised across the batch.
 """
 from __future__ import annotations
 
@@ -207,7 +208,7 @@ class _Options(NamedTuple):
     exact_integer: bool
     reset_stale: bool
     first_rounds: int
-    width: int | None
+    bidders_per_round: int | None
 
 
 _NO_LIMIT = jnp.iinfo(jnp.int32).max
@@ -254,7 +255,7 @@ def _auction_core(w, elig, s, max_iters, o: _Options):
     n, m = w.shape
     eps_last, eps_first, integral, wm = _constants(w, elig, o)
     wmt = wm.T
-    width = o.width
+    width = o.bidders_per_round
 
     def active_rows(s):
         return jnp.any((s["r2c"] < 0) & (s["pi"] > 0))
@@ -368,8 +369,10 @@ def _result(weights, s) -> MatchResult:
     return result_from_rows(weights, r2c, m, iterations=s["it"], converged=s["done"])
 
 
-def _check_options(eps_start, eps_factor, eps_final, tol, max_iters, first_rounds,
-                   bidders_per_round):
+def _options(max_iters, *, eps_start, eps_factor, eps_final, tol, reverse_each_phase,
+             warm_start, exact_integer, reset_stale, first_rounds, bidders_per_round) -> _Options:
+    """Check the options of :func:`auction_match` (ConfigError naming the bad one) and pack
+    the static ones."""
     if not 0.0 < eps_factor < 1.0:
         raise ConfigError(f"eps_factor must lie in (0, 1), got {eps_factor!r}")
     if not eps_start > 0.0:
@@ -386,6 +389,8 @@ def _check_options(eps_start, eps_factor, eps_final, tol, max_iters, first_round
             isinstance(bidders_per_round, int) and bidders_per_round >= 1):
         raise ConfigError(f"bidders_per_round must be an int >= 1 or None, "
                           f"got {bidders_per_round!r}")
+    return _Options(eps_start, eps_factor, eps_final, tol, reverse_each_phase, warm_start,
+                    exact_integer, reset_stale, first_rounds, bidders_per_round)
 
 
 def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: float = 0.1,
@@ -425,14 +430,14 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
     The smaller side bids forward (the problem is transposed when n > m). Jit- and vmap-able;
     ``iterations`` counts bidding rounds (forward + reverse).
     """
-    _check_options(eps_start, eps_factor, eps_final, tol, max_iters, first_rounds,
-                   bidders_per_round)
+    opts = _options(max_iters, eps_start=eps_start, eps_factor=eps_factor, eps_final=eps_final,
+                    tol=tol, reverse_each_phase=reverse_each_phase, warm_start=warm_start,
+                    exact_integer=exact_integer, reset_stale=reset_stale,
+                    first_rounds=first_rounds, bidders_per_round=bidders_per_round)
     weights, mask = check_problem(weights, mask)
     n, m = weights.shape
     if n == 0 or m == 0:
         return result_from_rows(weights, jnp.full((n,), -1, jnp.int32), m)
-    opts = _Options(eps_start, eps_factor, eps_final, tol, reverse_each_phase, warm_start,
-                    exact_integer, reset_stale, first_rounds, bidders_per_round)
     w, elig = _prepare(weights, mask, allow_nonpositive)
     s = _auction_core(w, elig, _initial_state(w, elig, opts), max_iters, opts)
     return _result(weights, s)
@@ -502,8 +507,7 @@ def auction_match_batch(weights, mask=None, *, chunk: int = 24, first_iters: int
                           f"choose from {sorted(defaults)}")
     kw = {**defaults, **options}
     max_iters = kw.pop("max_iters")
-    _check_options(kw["eps_start"], kw["eps_factor"], kw["eps_final"], kw["tol"], max_iters,
-                   kw["first_rounds"], kw["bidders_per_round"])
+    opts = _options(max_iters, **kw)
     k1 = kw["first_rounds"] if first_iters is None else first_iters
     if not (isinstance(k1, int) and k1 >= 0):
         raise ConfigError(f"first_iters must be an int >= 0 or None, got {first_iters!r}")
@@ -512,9 +516,6 @@ def auction_match_batch(weights, mask=None, *, chunk: int = 24, first_iters: int
         return jax.vmap(lambda w, msk: auction_match(
             w, msk, max_iters=max_iters, allow_nonpositive=allow_nonpositive, **kw)
         )(weights, mask)
-    opts = _Options(kw["eps_start"], kw["eps_factor"], kw["eps_final"], kw["tol"],
-                    kw["reverse_each_phase"], kw["warm_start"], kw["exact_integer"],
-                    kw["reset_stale"], kw["first_rounds"], kw["bidders_per_round"])
     w, elig = jax.vmap(lambda a, b: _prepare(*check_problem(a, b), allow_nonpositive))(
         weights, mask)
     run = jax.vmap(lambda w, e, s, budget: _auction_core(w, e, s, budget, opts),

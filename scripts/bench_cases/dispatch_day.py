@@ -32,10 +32,12 @@ from fedrl.dispatch.schedule import build_day, split_by_platform, stack_days
 from fedrl.dispatch.simulator import run_day, run_platforms
 from fedrl.dispatch.types import SimConfig
 from fedrl.dispatch.value import idle_discount, value_grid
+from fedrl.sharding import local_mesh
 
 from bench_cases.timing import interleaved_medians
 
 NAME = "dispatch_day"
+REPEATS = 2  # interleaved timings of every variant and baseline (a full day each)
 
 
 class NumpyDispatch:
@@ -222,20 +224,20 @@ def run(quick: bool) -> list[dict]:
 
     fns = {tag: functools.partial(compiled[tag], *variants[tag][2]) for tag in variants}
     fns.update({f"baseline{k}": baseline(k) for k in (1, 3)})
-    times = interleaved_medians(fns, 2)
+    times = interleaved_medians(fns, REPEATS)
     rows = []
     for tag, (k, _, _) in variants.items():
         totals = outputs[tag][0].totals
         overflow = int(sum(float(np.sum(np.asarray(getattr(totals, f)))) for f in (
             "pending_overflow", "bucket_overflow", "calendar_overflow", "calendar_clamped")))
-        devices = min(k, jax.local_device_count()) if tag.endswith("shard") else 1
+        devices = local_mesh("platforms", 0, k).devices.size if tag.endswith("shard") else 1
         rows.append({"name": f"dispatch_day/{tag}", "params": {
             "day": label, "platforms": k, "devices": devices,
             "baseline_cores": 1,  # the loop runs the platforms one after another on one core
             "revenue": round(float(np.sum(np.asarray(totals.revenue)))),
             "dropped_by_capacity": overflow,
             "baseline_window": f"all {window} batches (no extrapolation)",
-            "baseline_revenue": round(base_revenue[k]), "timing": "interleaved, median of 2"},
+            "baseline_revenue": round(base_revenue[k]), "timing": f"interleaved, median of {REPEATS}"},
             "value": times[tag], "unit": "s/day", "baseline": "python loop + numpy + scipy lsa",
             "baseline_value": times[f"baseline{k}"], "ratio": times[f"baseline{k}"] / times[tag]})
         rows.append({"name": f"dispatch_day/{tag}_compile", "params": {"platforms": k},

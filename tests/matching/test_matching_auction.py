@@ -99,7 +99,7 @@ RESUME_VARIANTS = {
     "defaults": {},
     "no-reverse-each-phase+reset-stale": dict(reverse_each_phase=False, reset_stale=True,
                                               first_rounds=3),
-    "cold-phases+jacobi": dict(warm_start=False, width=None),
+    "cold-phases+jacobi": dict(warm_start=False, bidders_per_round=None),
 }
 
 
