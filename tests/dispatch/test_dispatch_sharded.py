@@ -34,6 +34,8 @@ def test_platforms_over_2_host_devices_equal_one_device():
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_PLATFORMS": "cpu",
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",  # as tests/conftest.py: compile faster
+          
            "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests" / "dispatch")])}
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env,
                          capture_output=True, text=True, timeout=600)
