@@ -24,6 +24,7 @@ reach over that loop: ratio <= 1 / (baseline's fraction of peak).
 """
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -76,6 +77,60 @@ def round_flops(cfg: DQNConfig, updates: float, env_steps: float) -> float:
             + env_steps * forward_flops(cfg, hospital.OBS_DIM, hospital.NUM_ACTIONS))
 
 
+def _baseline_loops(dqn, state, stacked, key, k: int, local_steps: int, device=None) -> dict:
+    """The two Python-loop baselines, warmed up (compiled), from the round's ``state``: "loop"
+    (over parties, each a jitted single-party scanned training, then the same FedAvg, jitted)
+    and "step_loop" (over parties and local steps, each a jitted single-party train step: one
+    env step + one update). ``device``: commit their inputs there (e.g. the host CPU on a GPU
+    machine), so that every call runs on it."""
+    if device is not None:
+        state, stacked, key = jax.device_put((state, stacked, key), device)
+    fed_cfg = FederatedConfig(num_rounds=1, local_steps=local_steps, devices=1)
+    train_one = jax.jit(lambda s, p, kk: dqn.train(ENV, s, p, kk, local_steps))
+    server_opt = make_server_optimizer(fed_cfg)
+    aggregator = fedavg()
+
+    @jax.jit
+    def aggregate(trained_params, weights, glob, opt_state, agg_key):
+        stacked_params = jax.tree.map(lambda *p: jnp.stack(p), *trained_params)
+        deltas = jax.tree.map(lambda p, g: p - g[None], stacked_params, glob)
+        delta, _ = aggregator.update(Cohort(deltas, jnp.stack(weights), jnp.ones(k, bool)),
+                                     aggregator.init(glob), agg_key)
+        return server_update(glob, delta, opt_state, server_opt)[0]
+
+    parties = [jax.tree.map(lambda x: x[i], state.parties) for i in range(k)]
+    params_k = [jax.tree.map(lambda x: x[i], stacked) for i in range(k)]
+    glob = state.global_params
+    opt_state = server_opt.init(glob)
+    party_keys = [jax.random.fold_in(key, i) for i in range(k)]
+    out = {}
+
+    def loop():
+        outs = [train_one(parties[i].replace(params=glob, target_params=glob), params_k[i],
+                          party_keys[i]) for i in range(k)]
+        out["outs"] = outs
+        return aggregate([o[0].params for o in outs],
+                         [o[1]["transitions"].astype(jnp.float32) for o in outs],
+                         glob, opt_state, key)
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(loop())  # compiles the single-party training and the aggregation
+    out["compile_s"] = time.perf_counter() - t0
+    step_one = jax.jit(lambda s, p, kk: dqn.train_step(ENV, s, p, kk, jnp.array(True)))
+
+    def step_loop():
+        last = None
+        for i in range(k):
+            s = parties[i].replace(params=glob, target_params=glob)
+            for t in range(local_steps):
+                s, _ = step_one(s, params_k[i], jax.random.fold_in(party_keys[i], t))
+            last = s
+        return last.params
+    jax.block_until_ready(step_loop())
+    out.update(loop=loop, step_loop=step_loop)
+    return out
+
+
 def run(quick: bool = False) -> list[dict]:
     parties_list = (1, 4) if quick else (1, 4, 16, 64)
     local_steps = 32 if quick else 128
@@ -86,6 +141,10 @@ def run(quick: bool = False) -> list[dict]:
     peak = matmul_peak(1024 if quick else 2048)
     platform = jax.devices()[0].platform
     num_devices = jax.local_device_count()
+    # On an accelerator the loops also run on the host CPU (the issue's GPU target is a ratio
+    # over the CPU loop); FEDRL_BENCH_CPU_BASELINE=1 forces these rows on a CPU-only machine
+    # (there they repeat the loops: a check of the code path).
+    cpu_baseline = platform != "cpu" or os.environ.get("FEDRL_BENCH_CPU_BASELINE") == "1"
     rows = [{"name": "matmul_peak", "params": {"dtype": "float32", "device": platform,
                                                "devices": num_devices},
              "value": peak / 1e9, "unit": "GFLOP/s", "baseline": None, "baseline_value": None,
@@ -117,57 +176,18 @@ def run(quick: bool = False) -> list[dict]:
             ours[devices] = (holder, compile_s)
         state = ours[1][0]["s"]
 
-        # Baseline: a Python loop over parties, each calling a jitted single-party training,
-        # then the same FedAvg (jitted).
-        fed_cfg = FederatedConfig(num_rounds=1, local_steps=local_steps, devices=1)
-        train_one = jax.jit(lambda s, p, kk: dqn.train(ENV, s, p, kk, local_steps))
-        server_opt = make_server_optimizer(fed_cfg)
-        aggregator = fedavg()
-
-        @jax.jit
-        def aggregate(trained_params, weights, glob, opt_state, agg_key):
-            stacked_params = jax.tree.map(lambda *p: jnp.stack(p), *trained_params)
-            deltas = jax.tree.map(lambda p, g: p - g[None], stacked_params, glob)
-            delta, _ = aggregator.update(Cohort(deltas, jnp.stack(weights), jnp.ones(k, bool)),
-                                         aggregator.init(glob), agg_key)
-            return server_update(glob, delta, opt_state, server_opt)[0]
-
-        parties = [jax.tree.map(lambda x: x[i], state.parties) for i in range(k)]
-        params_k = [jax.tree.map(lambda x: x[i], stacked) for i in range(k)]
-        glob = state.global_params
-        opt_state = server_opt.init(glob)
-        party_keys = [jax.random.fold_in(key, i) for i in range(k)]
-        loop_updates = {}
-
-        def loop():
-            outs = [train_one(parties[i].replace(params=glob, target_params=glob), params_k[i],
-                              party_keys[i]) for i in range(k)]
-            loop_updates["n"] = outs
-            return aggregate([o[0].params for o in outs],
-                             [o[1]["transitions"].astype(jnp.float32) for o in outs],
-                             glob, opt_state, key)
-
-        t0 = time.perf_counter()
-        jax.block_until_ready(loop())  # compiles the single-party training and the aggregation
-        loop_compile_s = time.perf_counter() - t0
-        # Conventional baseline: a Python loop over parties AND local steps, each call a jitted
-        # single-party train step (one env step + one gradient update).
-        step_one = jax.jit(lambda s, p, kk: dqn.train_step(ENV, s, p, kk, jnp.array(True)))
-
-        def step_loop():
-            out = None
-            for i in range(k):
-                s = parties[i].replace(params=glob, target_params=glob)
-                for t in range(local_steps):
-                    s, _ = step_one(s, params_k[i], jax.random.fold_in(party_keys[i], t))
-                out = s
-            return out.params
-        jax.block_until_ready(step_loop())
+        loops = _baseline_loops(dqn, state, stacked, key, k, local_steps)
+        fns = {**rounds, "loop": loops["loop"], "step_loop": loops["step_loop"]}
+        if cpu_baseline:
+            cpu_loops = _baseline_loops(dqn, state, stacked, key, k, local_steps,
+                                        device=jax.devices("cpu")[0])
+            fns.update(cpu_loop=cpu_loops["loop"], cpu_step_loop=cpu_loops["step_loop"])
+        loop_compile_s = loops["compile_s"]
 
         # Rounds and loops interleaved, so that speed drift of a shared machine hits them alike.
-        times = interleaved_medians({**rounds, "loop": loop, "step_loop": step_loop}, repeats)
+        times = interleaved_medians(fns, repeats)
         t_loop, t_step_loop = times["loop"], times["step_loop"]
-        n_loop_updates = float(sum(int(o[1]["updates"]) for o in loop_updates["n"]))
+        n_loop_updates = float(sum(int(o[1]["updates"]) for o in loops["outs"]))
 
         loop_flops = round_flops(dqn_cfg, n_loop_updates, env_steps) / t_loop
         rows.append({"name": "fed_dqn_loop_flops",
@@ -191,6 +211,13 @@ def run(quick: bool = False) -> list[dict]:
                          "baseline": "python loop over parties and steps",
                          "baseline_value": env_steps / t_step_loop,
                          "ratio": t_step_loop / t_ours})
+            if cpu_baseline:
+                for name, what in (("cpu_loop", "parties"), ("cpu_step_loop", "parties and steps")):
+                    rows.append({"name": "fed_dqn_env_steps", "params": params,
+                                 "value": env_steps / t_ours, "unit": "env steps/s",
+                                 "baseline": f"CPU: python loop over {what}",
+                                 "baseline_value": env_steps / times[name],
+                                 "ratio": times[name] / t_ours})
             rows.append({"name": "fed_dqn_updates", "params": params,
                          "value": updates / t_ours, "unit": "updates/s",
                          "baseline": "python loop over parties",
