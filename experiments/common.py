@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from fedrl import checkpoint
 from fedrl.config import ConfigError, get_preset, override, to_dict, validate
+from fedrl.data.gaia import DataError
 from fedrl.results import atomic_write_json, atomic_write_text, provenance, to_jsonable
 
 
@@ -40,6 +41,10 @@ class Report:
     table: str
     compile_time_s: float = 0.0
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# Errors the user fixes from the command line: printed as one line, exit status 2.
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError)
 
 
 def config_fingerprint(config: Any) -> str:
@@ -66,10 +71,18 @@ class RunContext:
                     f"--resume: {self.out_dir} holds a run with another config or seed; "
                     "use the same --preset/--set/--seed or a new --out folder")
             self._finished = saved.get("methods", {})
+        elif resume and any(self.checkpoint_dir.glob("*.msgpack")):
+            raise ConfigError(
+                f"--resume: {self.out_dir} holds checkpoints without a record of the config "
+                "and seed that wrote them; run without --resume or in a new --out folder")
         elif not resume:
             for stale in [self._partial_path, *self.checkpoint_dir.glob("*.msgpack")]:
                 if stale.exists():
                     stale.unlink()
+        # The run's fingerprint is on disk before its first checkpoint, so that a --resume with
+        # another config or seed is refused even if no method had finished.
+        atomic_write_json(self._partial_path,
+                          {"fingerprint": self._fingerprint, "methods": self._finished})
 
     # -- progress -----------------------------------------------------------------------
     def progress(self, iterable: Iterable, *, desc: str, total: int | None = None,
@@ -176,7 +189,7 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
         results = execute(experiment, args.preset, args.out, args.seed,
                           overrides=overrides, resume=args.resume,
                           progress=not args.no_progress)
-    except ConfigError as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print((Path(args.out) / "table.md").read_text())

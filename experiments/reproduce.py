@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common import execute
-from fedrl.config import ConfigError
+from experiments.common import USER_ERRORS, execute
 from fedrl.results import atomic_write_text
 
 # In the order a reader meets them in the README.
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
         try:
             execute(experiment, args.preset, out / name, args.seed, resume=args.resume,
                     progress=not args.no_progress)
-        except ConfigError as err:
+        except USER_ERRORS as err:
             print(f"error in {name}: {err}", file=sys.stderr)
             return 2
         table = (out / name / "table.md").read_text()

@@ -6,3 +6,8 @@ of Fed-LTD (``fedrl.data``, ``fedrl.dispatch``, ``fedrl.matching``). See README.
 """
 
 __version__ = "0.1.0"
+
+# Opt-in: FEDRL_INTRA_OP_THREADS=n sizes XLA:CPU's intra-op thread pool (see fedrl.host_cpu).
+from fedrl import host_cpu as _host_cpu  # noqa: E402
+
+_host_cpu.from_environment()

@@ -50,6 +50,23 @@ def get_preset(presets: Mapping[str, Any], name: str, *, what: str = "experiment
     return presets[name]
 
 
+def _element_type(annotation):
+    """T of ``tuple[T, ...]`` / ``list[T]`` when T is int, float, str or bool, else None."""
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    if len(set(args)) == 1 and args[0] in (int, float, str, bool):
+        return args[0]
+    return None
+
+
+def _check_element(value, element, field_path):
+    """``value`` as an element of type ``element`` (ints are fine where floats are expected)."""
+    ok = (isinstance(value, element) and not (element is int and isinstance(value, bool))
+          or element is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{field_path} expects {element.__name__} elements, got {value!r}")
+    return float(value) if element is float else value
+
+
 def _coerce(text: str, annotation: Any, field_path: str) -> Any:
     """Convert the string ``text`` to the type named by ``annotation``."""
     origin = typing.get_origin(annotation)
@@ -89,6 +106,9 @@ def _coerce(text: str, annotation: Any, field_path: str) -> Any:
                 f"{field_path} expects a tuple literal such as (1, 2), got {text!r}") from None
         if not isinstance(value, (tuple, list)):
             value = (value,)
+        element = _element_type(annotation)
+        if element is not None:
+            value = [_check_element(v, element, field_path) for v in value]
         return tuple(value) if origin is tuple else list(value)
     if typing.get_origin(annotation) is typing.Literal:
         if text in args:

@@ -1,6 +1,7 @@
 """Benchmarks of fedrl: prints a table and optionally writes JSON.
 
     python scripts/bench.py [--only NAME[,NAME]] [--json OUT] [--quick] [--host-devices N]
+                            [--intra-op-threads N]
 
 On CPU, XLA runs small ops (the per-party matmuls of a vmapped round) on one thread; cases that
 spread work over devices (``fed_dqn``'s sharded round) use both cores of a 2-core machine only
@@ -88,10 +89,19 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
     parser.add_argument("--host-devices", type=int, default=0,
                         help="CPU host devices (default 0: one per core; 1: a single device)")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="XLA:CPU intra-op pool threads (default 0: XLA's, one per core; "
+                             "1 speeds small-op programs such as dispatch_day, see "
+                             "fedrl/host_cpu.py)")
     args = parser.parse_args(argv)
     if args.host_devices < 0:
         parser.error(f"--host-devices must be >= 0, got {args.host_devices}")
+    if args.intra_op_threads < 0:
+        parser.error(f"--intra-op-threads must be >= 0, got {args.intra_op_threads}")
     set_host_devices(args.host_devices or cpu_cores())
+    if args.intra_op_threads:
+        from fedrl.host_cpu import limit_intra_op_threads
+        limit_intra_op_threads(args.intra_op_threads)
 
     cases = discover()
     names = list(cases) if args.only is None else [n.strip() for n in args.only.split(",")]

@@ -1,17 +1,21 @@
 """Print the heuristic baselines' metrics on the default ED and on K heterogeneous hospitals.
 
-    python -m scripts.hospital_baselines --episodes 8 --days 1 --hospitals 5 --seed 0
+    python scripts/hospital_baselines.py --episodes 8 --days 1 --hospitals 5 --seed 0
 
 Markdown tables go to stdout; nothing is written to disk.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import jax
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedrl.envs.hospital import HEURISTICS, HospitalConfig, evaluate, hospital_configs, make_params
+import jax  # noqa: E402
+
+from fedrl.envs.hospital import HEURISTICS, HospitalConfig, evaluate, hospital_configs, make_params  # noqa: E402
 
 COLUMNS = (("acuity_weighted_wait", "AW wait"), ("door_to_provider_median", "D2P med"),
            ("door_to_provider_p90", "D2P p90"), ("within_target", "in target"),

@@ -43,6 +43,9 @@ def test_override_parses_types_and_nested_fields():
     ("inner=3", "config section"),
     ("count", "key=value"),
     ("inner.rate=-1", "inner.rate must be a finite number > 0"),
+    ("inner.sizes=('a',)", "inner.sizes expects int elements, got 'a'"),
+    ("inner.sizes=(1.5, 2)", "inner.sizes expects int elements, got 1.5"),
+    ("inner.sizes=(True,)", "inner.sizes expects int elements"),
 ])
 def test_override_errors_name_the_problem(assignment, match):
     with pytest.raises(ConfigError, match=match):

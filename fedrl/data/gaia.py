@@ -165,9 +165,13 @@ def _numbers(reader: _Reader, lineno: int, row, names, kinds):
                 if kind is int and number != int(number):
                     raise ValueError
                 number = int(number) if kind is int else number
-            except ValueError:
+            except (ValueError, OverflowError):   # OverflowError: int(inf)
                 reader.fail(lineno, "non-numeric field", f"{name}={value!r}")
                 return None
+        if kind is int and not -2**62 <= number <= 2**62:
+            # the loader stores timestamps as int64 (through float64): refuse what would wrap
+            reader.fail(lineno, "non-numeric field", f"{name}={value!r} is out of range")
+            return None
         if kind is float and not math.isfinite(number):
             reader.fail(lineno, "non-numeric field", f"{name}={value!r} is not finite")
             return None

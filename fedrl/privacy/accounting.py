@@ -66,9 +66,16 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     _check_common(sampling_rate, rounds, delta, accountant)
     require_positive("noise_multiplier z", noise_multiplier)
     acc = make_accountant(accountant, pld_discretization)
-    with _quiet_absl():
-        acc.compose(dp_event(noise_multiplier, sampling_rate, rounds))
-        return float(acc.get_epsilon(delta))
+    try:
+        with _quiet_absl():
+            acc.compose(dp_event(noise_multiplier, sampling_rate, rounds))
+            return float(acc.get_epsilon(delta))
+    except MemoryError:
+        # PLD's loss grid grows like 1/z^2: a tiny z can ask for tens of GiB
+        raise ConfigError(
+            f"PLD accounting of z={noise_multiplier}, q={sampling_rate}, T={rounds} needs more "
+            "memory than this machine has (its privacy-loss grid grows as z shrinks); use "
+            "accountant='rdp' or a larger noise multiplier") from None
 
 
 @contextlib.contextmanager
@@ -99,7 +106,10 @@ def noise_multiplier_for_epsilon(target_epsilon: float, sampling_rate: float, ro
                 lambda: make_accountant(acc, pld_discretization),
                 lambda z: dp_event(z, sampling_rate, rounds),
                 target_epsilon, delta, bracket_interval=bracket, tol=tol)
-        except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError:
+        except (dp_accounting.mechanism_calibration.NoBracketIntervalFoundError,
+                ValueError):
+            # ValueError: Brent's bracket does not straddle the target (PLD's discretized
+            # epsilon at the RDP answer can sit just above a tiny target)
             raise ConfigError(
                 f"no noise multiplier reaches epsilon={target_epsilon} at delta={delta} with "
                 f"q={sampling_rate}, T={rounds}") from None

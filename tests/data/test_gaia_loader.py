@@ -48,6 +48,7 @@ def test_seven_column_file_has_no_reward(tmp_path):
 BAD_CASES = {
     "wrong column count": "a2,1477990000,1477990600,104.05,30.65,104.10",
     "non-numeric field": "a2,1477990000,xx,104.05,30.65,104.10,30.70",
+
     "end before start": "a2,1477990600,1477990000,104.05,30.65,104.10,30.70",
     "outside bounding box": "a2,1477990000,1477990600,116.40,39.90,104.10,30.70",
     "duplicate order id": GOOD,
@@ -64,6 +65,16 @@ def test_malformed_line_names_file_line_and_reason(tmp_path, reason):
     assert err.line == 3 and err.reason == reason and err.path == str(path)
     assert f"{path}:3: {reason}" in str(err)
     assert isinstance(err, ValueError)
+
+
+@pytest.mark.parametrize("start", ["inf", "1e30"])
+def test_timestamps_that_do_not_fit_int64_are_non_numeric(tmp_path, start):
+    path = tmp_path / "order_ts"
+    path.write_text(GOOD + f"\na2,{start},2e30,104.05,30.65,104.10,30.70\n")
+    with pytest.raises(DataError, match=f"{path}:2: non-numeric field: ride_start_timestamp"):
+        load_orders(path)
+    orders, report = load_orders(path, lenient=True)
+    assert len(orders) == 1 and report.skipped == {"non-numeric field": 1}
 
 
 def test_mixed_column_counts_are_an_error(tmp_path):

@@ -98,3 +98,41 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         atomic_write_json(path, {"x": object()})
     assert json.loads(path.read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_resume_refuses_another_seed_even_before_a_method_finished(tmp_path):
+    # interrupted inside the first method: only a checkpoint of "a" exists
+    def first_method_interrupted(cfg, seed, ctx):
+        ctx.save_checkpoint("a", {"round": 1, "total": np.zeros(())})
+        raise Interrupted
+    early = Experiment(name="toy", presets={"smoke": ToyConfig}, run=first_method_interrupted)
+    with pytest.raises(Interrupted):
+        execute(early, "smoke", tmp_path, seed=5, progress=False)
+    with pytest.raises(ConfigError, match="another config or seed"):
+        execute(TOY, "smoke", tmp_path, seed=6, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="another config or seed"):
+        execute(TOY, "smoke", tmp_path, seed=5, overrides=["rounds=3"], resume=True,
+                progress=False)
+
+
+def test_checkpoint_of_another_shape_is_a_config_error(tmp_path):
+    from fedrl import checkpoint
+    path = tmp_path / "c.msgpack"
+    checkpoint.save(path, {"w": np.zeros((3,), np.float32), "n": np.zeros((), np.int32)})
+    restored = checkpoint.restore(path, {"w": np.ones((3,), np.float32),
+                                         "n": np.ones((), np.int32)})
+    assert np.all(restored["w"] == 0)
+    with pytest.raises(ConfigError, match=r"\['w'\] is float32\[3\] there, float32\[5\] now"):
+        checkpoint.restore(path, {"w": np.ones((5,), np.float32), "n": np.ones((), np.int32)})
+    with pytest.raises(ConfigError, match="int32"):
+        checkpoint.restore(path, {"w": np.ones((3,), np.float32), "n": np.ones((), np.float32)})
+
+
+def test_malformed_data_is_one_line_and_exit_2(tmp_path, capsys):
+    from fedrl.data.gaia import DataError
+
+    def bad_data(cfg, seed, ctx):
+        raise DataError(tmp_path / "order_x", 5, "non-numeric field", "start='abc'")
+    bad = Experiment(name="toy", presets={"smoke": ToyConfig}, run=bad_data)
+    assert main(bad, ["--preset", "smoke", "--out", str(tmp_path / "o")]) == 2
+    assert f"error: {tmp_path / 'order_x'}:5: non-numeric field" in capsys.readouterr().err

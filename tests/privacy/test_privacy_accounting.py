@@ -111,3 +111,10 @@ def test_script_exit_code_2_on_impossible_input(bad):
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "delta" in lines[0]
+
+
+def test_unreachable_pld_target_is_a_config_error():
+    # PLD's discretized epsilon at the RDP answer sits above this tiny target: Brent's method
+    # got no bracket and raised a bare ValueError before
+    with pytest.raises(ConfigError, match="no noise multiplier reaches epsilon=1e-06"):
+        accounting.noise_multiplier_for_epsilon(1e-6, 1.0, 1000, 1e-5)
