@@ -25,6 +25,7 @@ from fedrl.dispatch.metrics import optimality_gap, summarize
 from fedrl.dispatch.schedule import stack_days
 from fedrl.dispatch.simulator import run_day
 from fedrl.dispatch.types import SimConfig
+from fedrl.results import atomic_save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _plot(methods: dict, path) -> None:
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     fig.suptitle("single-platform dispatch (blue: auction, orange: exact)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -40,6 +40,7 @@ from fedrl.fedltd import encoding, protocol
 from fedrl.fedltd.config import FedLTDConfig
 from fedrl.fedltd.market import MarketConfig, pad_together, prepare_market
 from fedrl.fedltd.models import aggregate_models, paillier_aggregation_seconds
+from fedrl.results import atomic_save_figure
 
 VARIANTS = {  # name -> run-time knobs of the compiled Fed-LTD day
     "fedltd": {},
@@ -577,7 +578,7 @@ def _plot(out: dict, config, rn: Runner, path) -> None:
             ax.set_ylabel("us per batch")
     fig.suptitle("Fed-LTD")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -38,6 +38,7 @@ from fedrl.envs import hospital
 from fedrl.federated.aggregation import AggregationTransform
 from fedrl.federated.aggregators import AggregatorConfig, build_aggregator
 from fedrl.federated.round import FederatedConfig, FederatedState, make_federated_round
+from fedrl.results import atomic_save_figure
 
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
 HEURISTIC_NAMES = ("random", "fifo", "strict_priority", "cmu", "accumulating_priority", "mlfq")
@@ -397,7 +398,7 @@ def _plots(out_dir, cfg, methods, curves):
     ax.set_title("Federated DQN: learning curves")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "learning_curves.png", dpi=120)
+    atomic_save_figure(fig, out_dir / "learning_curves.png", dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -408,7 +409,7 @@ def _plots(out_dir, cfg, methods, curves):
     ax.set_ylabel("acuity-weighted wait (min)")
     ax.set_title("Scheduling quality (lower is better)")
     fig.tight_layout()
-    fig.savefig(out_dir / "wait_by_method.png", dpi=120)
+    atomic_save_figure(fig, out_dir / "wait_by_method.png", dpi=120)
     plt.close(fig)
 
 

@@ -29,6 +29,7 @@ from fedrl.config import require, require_in_range
 from fedrl.envs import hospital
 from fedrl.federated.aggregators import AggregatorConfig, build_aggregator
 from fedrl.federated.round import FederatedConfig
+from fedrl.results import atomic_save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +200,7 @@ def _plot(out_dir, methods):
     ax.set_title("Privacy-utility trade-off (lower wait is better)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "privacy_utility.png", dpi=120)
+    atomic_save_figure(fig, out_dir / "privacy_utility.png", dpi=120)
     plt.close(fig)
 
 
