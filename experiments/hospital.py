@@ -83,6 +83,13 @@ class HospitalExperimentConfig:
                 f"target_heuristic must be one of {sorted(hospital.HEURISTICS)}")
         for name in ("eval_episodes", "curve_episodes", "eval_every", "checkpoint_every"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1")
+        # cross-field checks that would otherwise only fail inside run(), after the heuristics
+        require(self.fed.clients_per_round <= self.num_hospitals,
+                f"fed.clients_per_round={self.fed.clients_per_round} exceeds num_hospitals="
+                f"{self.num_hospitals}")
+        require(not self.aggregator.is_dp or self.fed.sampling == "poisson",
+                f"aggregator.kind={self.aggregator.kind} needs fed.sampling='poisson' (the "
+                "accountant models Poisson client sampling)")
 
 
 def smoke() -> HospitalExperimentConfig:

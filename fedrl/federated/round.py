@@ -34,7 +34,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns, tree_select
-from fedrl.config import require, require_in_range
+from fedrl.config import require, require_in_range, require_positive
 from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
                                          fedavgm_optimizer, server_update)
 from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
@@ -76,7 +76,7 @@ class FederatedConfig:
                 f"fed.aggregation must be 'fedavg' or 'none', got {self.aggregation!r}")
         require(self.server_optimizer in ("sgd", "momentum", "adam"),
                 f"fed.server_optimizer must be sgd|momentum|adam, got {self.server_optimizer!r}")
-        require(self.server_learning_rate > 0, "fed.server_learning_rate must be > 0")
+        require_positive("fed.server_learning_rate", self.server_learning_rate)
         require(self.devices >= 0, f"fed.devices must be >= 0 (0 = all local devices), "
                                    f"got {self.devices}")
         require(self.update_gating in ("switch", "mask"),

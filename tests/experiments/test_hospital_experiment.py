@@ -50,6 +50,8 @@ def test_resume_after_completion_recomputes_nothing(smoke_run, monkeypatch):
     ("env.annual_visits=-100", "annual_visits"),
     ("dqn.gamma=2", "dqn.gamma"),
     ("aggregator.kind=dp", "fed.sampling='poisson'"),
+    ("fed.clients_per_round=9", "exceeds num_hospitals=2"),
+    ("fed.server_learning_rate=inf", "fed.server_learning_rate must be a finite number > 0"),
 ])
 def test_bad_config_is_refused_with_the_field_named(assignment, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
