@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         day = generate_day(cfg, args.seed)
         meta = write_day(args.out, day, shares=shares, spatial_skew=args.spatial_skew,
                          gps=not args.no_gps)
-    except ConfigError as err:
+    except (ConfigError, OSError) as err:   # OSError: an --out that cannot be written
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({"out": args.out, **meta["files"], **meta["summary"]}, indent=1))

@@ -233,6 +233,8 @@ def split_platforms(x_m: np.ndarray, shares, *, rng: np.random.Generator,
     shares = np.asarray(shares, np.float64)
     if shares.ndim != 1 or len(shares) < 1 or np.any(shares <= 0) or abs(shares.sum() - 1) > 1e-6:
         raise ConfigError(f"platform shares must be positive and sum to 1, got {tuple(shares)}")
+    if not (math.isfinite(spatial_skew) and spatial_skew >= 0):
+        raise ConfigError(f"spatial_skew must be a finite number >= 0, got {spatial_skew}")
     k = len(shares)
     strip = np.clip((x_m / width_m * k).astype(int), 0, k - 1)
     weight = np.tile(shares, (len(x_m), 1))

@@ -123,6 +123,18 @@ class Drivers:
         return Drivers(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
 
+def _first_undecodable_line(path) -> tuple[int, str]:
+    """(line number, reason) of the first line of ``path`` that is not UTF-8 (the text reader
+    decodes in chunks, so its error does not say which line)."""
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return lineno, f"byte {raw[err.start:err.start + 1]!r} at column {err.start + 1}"
+    return 1, "undecodable bytes"
+
+
 class _Reader:
     """Shared validation: raise or count-and-skip, per line."""
 
@@ -140,12 +152,17 @@ class _Reader:
         self.skipped[reason] += 1
 
     def rows(self):
-        with open(self.path, newline="") as handle:
-            for lineno, row in enumerate(csv.reader(handle), start=1):
-                self.report.lines = lineno
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank lines carry nothing
-                yield lineno, [field.strip() for field in row]
+        lineno = 0
+        with open(self.path, newline="", encoding="utf-8") as handle:
+            try:
+                for lineno, row in enumerate(csv.reader(handle), start=1):
+                    self.report.lines = lineno
+                    if not row or (len(row) == 1 and not row[0].strip()):
+                        continue  # blank lines carry nothing
+                    yield lineno, [field.strip() for field in row]
+            except UnicodeDecodeError:   # a binary or non-UTF-8 file: not skippable
+                bad, detail = _first_undecodable_line(self.path)
+                raise DataError(self.path, bad, "not UTF-8 text", detail) from None
 
     def finish(self, kept: int) -> LoadReport:
         self.report.kept = kept

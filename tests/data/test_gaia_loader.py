@@ -77,6 +77,13 @@ def test_timestamps_that_do_not_fit_int64_are_non_numeric(tmp_path, start):
     assert len(orders) == 1 and report.skipped == {"non-numeric field": 1}
 
 
+def test_binary_file_is_a_data_error(tmp_path):
+    path = tmp_path / "order_bin"
+    path.write_bytes(GOOD.encode() + b"\n\xff\xfe,1,2\n")
+    with pytest.raises(DataError, match=f"{path}:2: not UTF-8 text"):
+        load_orders(path, lenient=True)
+
+
 def test_mixed_column_counts_are_an_error(tmp_path):
     path = tmp_path / "order_mixed"
     path.write_text(GOOD + ",12.5\n" + GOOD.replace("a1", "a2") + "\n")
@@ -148,6 +155,9 @@ def test_platform_split_shares_and_errors():
     assert (skew[west] == 0).mean() > 0.6 and (skew[~west] == 0).mean() < 0.3
     with pytest.raises(ConfigError, match="shares"):
         split_platforms(x, (0.5, 0.6), rng=rng, width_m=30_000)
+    for bad in (-5.0, float("nan")):
+        with pytest.raises(ConfigError, match="spatial_skew must be a finite number >= 0"):
+            split_platforms(x, (0.5, 0.5), rng=rng, width_m=30_000, spatial_skew=bad)
 
 
 def test_grids_cell_of_and_neighbours():
