@@ -1,15 +1,11 @@
 """fedrl.host_cpu: the XLA:CPU intra-op pool sized through FEDRL_INTRA_OP_THREADS (a fresh
 process each: the pool is fixed once JAX's backend has started)."""
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fedrl import host_cpu
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.fresh_process import run_python
 
 SCRIPT = """
 import os
@@ -24,14 +20,8 @@ print("PARTITIONS", hlo.count("outer_dimension_partitions"), len(cores))
 
 
 def _partitions(threads):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    env.pop(host_cpu.ENV_VAR, None)
-    if threads is not None:
-        env[host_cpu.ENV_VAR] = threads
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("PARTITIONS")][0]
+    out = run_python(SCRIPT, env={host_cpu.ENV_VAR: threads}, timeout=300)
+    line = [ln for ln in out.splitlines() if ln.startswith("PARTITIONS")][0]
     return int(line.split()[1]), int(line.split()[2])
 
 

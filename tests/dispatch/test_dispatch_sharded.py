@@ -1,11 +1,10 @@
 """Platforms spread over host devices (``run_platforms(mode="shard")``) compute what the
 one-device ``lax.map`` computes. Run in a subprocess with 2 CPU host devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=2`` must be set before JAX starts)."""
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from tests.fresh_process import run_python
 
 SCRIPT = textwrap.dedent("""
     import jax, numpy as np
@@ -31,13 +30,5 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_platforms_over_2_host_devices_equal_one_device():
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",  # as tests/conftest.py: compile faster
-          
-           "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests" / "dispatch")])}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "SHARDED-OK" in out.stdout
+    out = run_python(SCRIPT, host_devices=2, paths=[Path(__file__).resolve().parent])
+    assert "SHARDED-OK" in out

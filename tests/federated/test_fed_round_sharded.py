@@ -1,11 +1,9 @@
 """The federated round spread over several devices (``shard_map`` over a ``parties`` axis)
 computes what it computes on one device. Run in a subprocess with 8 CPU host devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8`` must be set before JAX starts)."""
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
+
+from tests.fresh_process import run_python
 
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
@@ -48,12 +46,4 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_round_over_8_host_devices_equals_one_device():
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu",
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",  # as tests/conftest.py: compile faster
-           "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
-    assert "SHARDED-OK" in out.stdout
+    assert "SHARDED-OK" in run_python(SCRIPT, host_devices=8)
