@@ -55,7 +55,7 @@ def limit_intra_op_threads(n: int) -> int:
 
 
 def from_environment() -> int | None:
-    """Apply ``FEDRL_INTRA_OP_THREADS`` if it is set (and the backends have not started)."""
+    """Apply ``FEDRL_INTRA_OP_THREADS`` if it is set (before JAX's backends start)."""
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         return None
@@ -63,7 +63,4 @@ def from_environment() -> int | None:
         n = int(value)
     except ValueError:
         raise ValueError(f"{ENV_VAR} must be an integer >= 1, got {value!r}") from None
-    if backend_started():
-        raise RuntimeError(f"{ENV_VAR}={value} is set but JAX's backends were started before "
-                           "fedrl was imported: import fedrl first")
     return limit_intra_op_threads(n)

@@ -183,10 +183,14 @@ def run(quick: bool = False) -> list[dict]:
                                         device=jax.devices("cpu")[0])
             fns.update(cpu_loop=cpu_loops["loop"], cpu_step_loop=cpu_loops["step_loop"])
         loop_compile_s = loops["compile_s"]
+        env_step_baselines = [("loop", "python loop over parties"),
+                              ("step_loop", "python loop over parties and steps")]
+        if cpu_baseline:
+            env_step_baselines += [("cpu_" + n, "CPU: " + b) for n, b in env_step_baselines]
 
         # Rounds and loops interleaved, so that speed drift of a shared machine hits them alike.
         times = interleaved_medians(fns, repeats)
-        t_loop, t_step_loop = times["loop"], times["step_loop"]
+        t_loop = times["loop"]
         n_loop_updates = float(sum(int(o[1]["updates"]) for o in loops["outs"]))
 
         loop_flops = round_flops(dqn_cfg, n_loop_updates, env_steps) / t_loop
@@ -202,22 +206,11 @@ def run(quick: bool = False) -> list[dict]:
             params = {"K": k, "local_steps": local_steps, "batch": 64, "net": "256-256",
                       "devices": devices, "compile_s": round(compile_s, 2),
                       "loop_compile_s": round(loop_compile_s, 2)}
-            rows.append({"name": "fed_dqn_env_steps", "params": params,
-                         "value": env_steps / t_ours, "unit": "env steps/s",
-                         "baseline": "python loop over parties",
-                         "baseline_value": env_steps / t_loop, "ratio": t_loop / t_ours})
-            rows.append({"name": "fed_dqn_env_steps", "params": params,
-                         "value": env_steps / t_ours, "unit": "env steps/s",
-                         "baseline": "python loop over parties and steps",
-                         "baseline_value": env_steps / t_step_loop,
-                         "ratio": t_step_loop / t_ours})
-            if cpu_baseline:
-                for name, what in (("cpu_loop", "parties"), ("cpu_step_loop", "parties and steps")):
-                    rows.append({"name": "fed_dqn_env_steps", "params": params,
-                                 "value": env_steps / t_ours, "unit": "env steps/s",
-                                 "baseline": f"CPU: python loop over {what}",
-                                 "baseline_value": env_steps / times[name],
-                                 "ratio": times[name] / t_ours})
+            for name, baseline in env_step_baselines:
+                rows.append({"name": "fed_dqn_env_steps", "params": params,
+                             "value": env_steps / t_ours, "unit": "env steps/s",
+                             "baseline": baseline, "baseline_value": env_steps / times[name],
+                             "ratio": times[name] / t_ours})
             rows.append({"name": "fed_dqn_updates", "params": params,
                          "value": updates / t_ours, "unit": "updates/s",
                          "baseline": "python loop over parties",
