@@ -35,7 +35,7 @@ from fedrl.config import require
 from fedrl.data.city import CityConfig
 from fedrl.dispatch.metrics import summarize
 from fedrl.dispatch.simulator import dispatch_batch, run_day, run_platforms
-from fedrl.dispatch.types import SimConfig
+from fedrl.dispatch.types import PLATFORM_AXIS, SimConfig
 from fedrl.fedltd import encoding, protocol
 from fedrl.fedltd.config import FedLTDConfig
 from fedrl.fedltd.market import MarketConfig, pad_together, prepare_market
@@ -433,8 +433,8 @@ def _measure_efficiency(rn: Runner, out: dict) -> dict:
     state, events, keys, pkey = _snapshot(rn, market, seed, nb // 2)
     t_start = market.days.t_start[0]
     K = int(market.days.driver_x.shape[0])
-    local = jax.jit(jax.vmap(lambda s, e, k: dispatch_batch(s, e, k, t_start, sim)),
-                    donate_argnums=0)
+    local = jax.jit(jax.vmap(lambda s, e, k: dispatch_batch(s, e, k, t_start, sim, PLATFORM_AXIS),
+                             axis_name=PLATFORM_AXIS), donate_argnums=0)
     t = {"seed": seed, "platforms": K, "table_entries": int(state.sim.value[0].size)}
     t["local_s"] = _median_time(local, state.sim, events, keys, donated=True)
     residual, _, now, _ = local(jax.tree.map(jnp.copy, state.sim), events, keys)

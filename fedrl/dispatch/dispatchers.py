@@ -109,12 +109,24 @@ def expand_rows(assignment: Assignment, row_slot, num_slots: int) -> Assignment:
                       weight=put(0.0, assignment.weight))
 
 
-def solve_graph(graph: Graph, cfg: SimConfig, method: str):
+def shared_class(index, axis_name=None):
+    """A size-class ``index``, maxed over the vmapped platform axis ``axis_name`` (if given) so
+    that every platform of the batch takes the same ``lax.switch`` branch
+    (:data:`fedrl.dispatch.types.PLATFORM_AXIS`)."""
+    return index if axis_name is None else jax.lax.pmax(index, axis_name)
+
+
+def solve_graph(graph: Graph, cfg: SimConfig, method: str, axis_name=None):
     """Row -> column matching of ``graph`` on the smallest size class that holds it.
 
     Rows and columns of the graph are compacted to the front (``compact_rows`` and first-
     appearance column order), so the top-left ``r x c`` block holds every edge when the batch
     has at most r rows and c columns; ``lax.switch`` then runs only that block's matcher.
+    Under ``jax.vmap`` over platforms with ``axis_name`` (``types.PLATFORM_AXIS``) every
+    platform of the batch is solved in the largest class any of them needs. The exact matchers'
+    optimum does not depend on the class; the auction's default ``eps_final`` is relative to the
+    block's rows, so a larger class can only tighten its guarantee (and may pick another matching
+    within it).
     """
     R, M = graph.weight.shape
     n_rows = jnp.sum(jnp.any(graph.mask, axis=1))
@@ -136,12 +148,12 @@ def solve_graph(graph: Graph, cfg: SimConfig, method: str):
     sizes = ((0, 0),) + sizes
     fits = jnp.array([(n_rows <= r) & (n_cols <= c) for r, c in sizes])
     index = jnp.sum(jnp.cumsum(fits) == 0)  # first class that fits; the last always fits
-    return jax.lax.switch(index, [empty] + [branch(r, c) for r, c in sizes[1:]], graph.weight,
-                          graph.mask)
+    return jax.lax.switch(shared_class(index, axis_name),
+                          [empty] + [branch(r, c) for r, c in sizes[1:]], graph.weight, graph.mask)
 
 
-def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig):
-    """Weights, graph and matching of one platform.
+def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig, axis_name=None):
+    """Weights, graph and matching of one platform (``axis_name``: see :func:`solve_graph`).
 
     Returns (Assignment per pending slot, Graph [R, M], total, exact, dropped) where ``exact``
     is the Hungarian optimum of the same graph when ``cfg.measure_gap`` (for the auction's
@@ -152,10 +164,11 @@ def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig):
     row_slot, sub, sub_w, rows_dropped = compact_rows(cands, weight, min(cfg.max_rows, P))
     graph, cols_dropped = build_graph(sub, sub_w, state.drivers.status.shape[0], cfg)
     nonpos = cfg.match_nonpositive
-    compact = assignment_from_match(graph, solve_graph(graph, cfg, cfg.matcher), nonpos)
+    rows = solve_graph(graph, cfg, cfg.matcher, axis_name)
+    compact = assignment_from_match(graph, rows, nonpos)
     total = jnp.sum(compact.weight)
     if cfg.measure_gap:
-        exact_rows = solve_graph(graph, cfg, "hungarian")
+        exact_rows = solve_graph(graph, cfg, "hungarian", axis_name)
         exact = jnp.sum(assignment_from_match(graph, exact_rows, nonpos).weight)
     else:
         exact = total

@@ -28,11 +28,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from fedrl.dispatch.dispatchers import local_dispatch
+from fedrl.dispatch.dispatchers import local_dispatch, shared_class
 from fedrl.dispatch.schedule import DayData
-from fedrl.dispatch.types import (BUSY, IDLE, OFFLINE, Assignment, BatchEvents, BatchLog,
-                                  Candidates, Drivers, Graph, Pending, SimConfig, SimState,
-                                  Totals)
+from fedrl.dispatch.types import (BUSY, IDLE, OFFLINE, PLATFORM_AXIS, Assignment, BatchEvents,
+                                  BatchLog, Candidates, Drivers, Graph, Pending, SimConfig,
+                                  SimState, Totals)
 from fedrl.dispatch.value import init_value, td0_update
 from fedrl.dispatch.weights import cancel_probability, trip_time
 from fedrl.ops import nth_true, prefix_count
@@ -239,7 +239,7 @@ def _search(state: SimState, ox, oy, valid, cfg: SimConfig):
     return driver, jnp.where(mask, vals, 0.0), mask
 
 
-def candidate_edges(state: SimState, cfg: SimConfig) -> Candidates:
+def candidate_edges(state: SimState, cfg: SimConfig, axis_name=None) -> Candidates:
     """For each pending order, its k nearest listed idle drivers within ``radius_m``.
 
     Searches the 3x3 bucket cells around the order's origin (cells >= radius wide). The
@@ -247,6 +247,8 @@ def candidate_edges(state: SimState, cfg: SimConfig) -> Candidates:
     ``cfg.candidate_classes`` that holds the valid pending orders (``lax.switch``; the orders
     are gathered to the front and the results scattered back to their slots, so the result is
     the same as searching all ``max_pending`` slots): most batches have a few pending orders.
+    ``axis_name``: see :data:`PLATFORM_AXIS` (any class that holds the orders gives the same
+    candidates, so a shared class changes nothing but the cost).
     """
     p = state.pending
     P = p.valid.shape[0]
@@ -267,7 +269,8 @@ def candidate_edges(state: SimState, cfg: SimConfig) -> Candidates:
 
     n_valid = jnp.sum(p.valid)
     index = jnp.sum(jnp.array([n_valid > r for r in sizes[:-1]], jnp.int32))
-    return Candidates(*jax.lax.switch(index, [branch(r) for r in sizes], state))
+    return Candidates(*jax.lax.switch(shared_class(index, axis_name), [branch(r) for r in sizes],
+                                      state))
 
 
 def calendar_entries(state: SimState, cfg: SimConfig):
@@ -383,20 +386,22 @@ def account(state: SimState, cfg: SimConfig) -> SimState:
     return state.replace(totals=totals, batch=state.batch + 1)
 
 
-def dispatch_batch(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
+def dispatch_batch(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig,
+                   axis_name=None):
     """First half of a batch, up to the residual graph: events, local matching, TD(0).
 
     Returns (state, BatchLog without its closing fields, now, the local Assignment per pending
     slot (valid before the assigned orders left the pool)). Between this and
     :func:`close_batch` the state's residual graph (:func:`residual_graph`) is what a
-    second-stage (cross-platform) matching may still use.
+    second-stage (cross-platform) matching may still use. ``axis_name``: the platform axis when
+    called under ``jax.vmap`` over platforms (:data:`PLATFORM_AXIS`), else None.
     """
     now = now_of(state, t_start, cfg)
     key = jax.random.fold_in(key, state.batch)
     state = advance_time(state, events, now, cfg)
     state = arrive_orders(state, events.arrivals, now, cfg)
-    cands = candidate_edges(state, cfg)
-    assignment, graph, total, exact, dropped = local_dispatch(state, cands, now, cfg)
+    cands = candidate_edges(state, cfg, axis_name)
+    assignment, graph, total, exact, dropped = local_dispatch(state, cands, now, cfg, axis_name)
     col = jnp.maximum(graph.col_driver, 0)
     pre_x, pre_y = state.drivers.x[col], state.drivers.y[col]
     revenue_before = state.totals.revenue
@@ -425,16 +430,16 @@ def close_batch(state: SimState, log: BatchLog, now, cfg: SimConfig):
     return state, log.replace(idle=idle, revenue=state.totals.revenue - log.revenue)
 
 
-def step(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig):
+def step(state: SimState, events: BatchEvents, key, t_start, cfg: SimConfig, axis_name=None):
     """One batch of single-platform dispatch -> (state, BatchLog)."""
-    state, log, now, _ = dispatch_batch(state, events, key, t_start, cfg)
+    state, log, now, _ = dispatch_batch(state, events, key, t_start, cfg, axis_name)
     return close_batch(state, log, now, cfg)
 
 
-def simulate_day(state: SimState, day: DayData, key, cfg: SimConfig):
+def simulate_day(state: SimState, day: DayData, key, cfg: SimConfig, axis_name=None):
     """The whole day as one ``lax.scan`` over batches -> (final state, BatchLog[num_batches])."""
     def body(carry, events):
-        return step(carry, events, key, day.t_start, cfg)
+        return step(carry, events, key, day.t_start, cfg, axis_name)
     return jax.lax.scan(body, state, day.events)
 
 
@@ -462,12 +467,13 @@ def run_platforms(days: DayData, keys, cfg: SimConfig, values=None, mode: str = 
     if values is None:
         values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)
 
-    def one(args):
+    def one(args, axis_name=None):
         d, k, v = args
-        return simulate_day(init_state(d, cfg, v), d, k, cfg)
+        return simulate_day(init_state(d, cfg, v), d, k, cfg, axis_name)
 
     if mode == "vmap":
-        return jax.vmap(lambda d, k, v: one((d, k, v)))(days, keys, values)
+        return jax.vmap(lambda d, k, v: one((d, k, v), PLATFORM_AXIS),
+                        axis_name=PLATFORM_AXIS)(days, keys, values)
     if mode == "map":
         return jax.lax.map(one, (days, keys, values))
     num = keys.shape[0]

@@ -17,6 +17,13 @@ from fedrl.config import require, require_in_range, require_positive
 
 OFFLINE, IDLE, BUSY = 0, 1, 2
 
+# Name of the platform axis when platforms are batched with ``jax.vmap(..., axis_name=...)``.
+# Steps that pick a size class (candidate search, matcher) then take the largest class any
+# platform of the batch needs (``dispatchers.shared_class``): the index is the same for the
+# whole batch and ``lax.switch`` stays a branch. With a per-platform index, vmap turns the
+# switch into running every class for every platform (2.9x slower, docs/dispatch.md).
+PLATFORM_AXIS = "batched_platforms"
+
 
 @dataclasses.dataclass(frozen=True)
 class SimConfig:

@@ -39,7 +39,7 @@ from fedrl.dispatch import dispatchers
 from fedrl.dispatch.schedule import DayData
 from fedrl.dispatch.simulator import (close_batch, dispatch_batch, dispatch_drivers,
                                       init_state, residual_graph, serve_orders)
-from fedrl.dispatch.types import IDLE, BatchLog, Candidates, SimConfig, SimState
+from fedrl.dispatch.types import IDLE, PLATFORM_AXIS, BatchLog, Candidates, SimConfig, SimState
 from fedrl.dispatch.value import init_value
 from fedrl.dispatch.weights import cancel_probability, edge_weights, order_advantage
 from fedrl.ops import prefix_count
@@ -540,7 +540,8 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     used_value = sim.value
 
     sim, local, now, assignment = jax.vmap(
-        lambda s, e, k: dispatch_batch(s, e, k, t_start, cfg))(sim, events, keys)
+        lambda s, e, k: dispatch_batch(s, e, k, t_start, cfg, PLATFORM_AXIS),
+        axis_name=PLATFORM_AXIS)(sim, events, keys)
     now = now[0]
     residual = sim
 

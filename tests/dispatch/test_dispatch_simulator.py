@@ -85,6 +85,44 @@ def test_vmap_over_platforms_equals_per_platform_runs(all_days):
                                    rtol=1e-5, atol=1e-5)
 
 
+def _count(jaxpr, primitive: str) -> int:
+    """Equations of ``primitive`` in ``jaxpr`` and all its sub-jaxprs (scan, cond, pjit...)."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == primitive
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    n += _count(sub, primitive)
+    return n
+
+
+def test_vmap_over_platforms_keeps_the_size_class_branches(all_days):
+    """Under ``run_platforms(mode="vmap")`` the candidate and matcher size classes stay
+    conditionals (one class, the largest any platform needs, for the whole batch), where a
+    plain vmap turns each into running every class; with an exact matcher the results equal
+    the per-platform runs, each on its own class."""
+    cfg = dataclasses.replace(SMALL, size_classes=((2, 6), (4, 12)))   # + (8, 24) + empty
+    platforms = jax.tree.map(lambda a: a[1:], all_days)
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    day0 = jax.tree.map(lambda a: a[0], platforms)
+    single = _count(jax.make_jaxpr(lambda d, k: sim.run_day(d, k, cfg))(day0, keys[0]).jaxpr,
+                    "cond")
+    shared = _count(jax.make_jaxpr(lambda d, k: sim.run_platforms(d, k, cfg))(platforms,
+                                                                              keys).jaxpr, "cond")
+    plain = _count(jax.make_jaxpr(jax.vmap(lambda d, k: sim.simulate_day(
+        sim.init_state(d, cfg), d, k, cfg)))(platforms, keys).jaxpr, "cond")
+    assert single >= 2 and shared == single and plain < single, (single, shared, plain)
+
+    stacked, _ = sim.run_platforms(platforms, keys, cfg)
+    for k in range(2):
+        alone, _ = sim.run_day(jax.tree.map(lambda a: a[k], platforms), keys[k], cfg)
+        for name in ("matched", "completed", "cancelled", "revenue", "idle_s"):
+            assert float(getattr(stacked.totals, name)[k]) == pytest.approx(
+                float(getattr(alone.totals, name)), rel=1e-5), name
+
+
 @pytest.mark.parametrize("field,value", [("radius_m", -1.0), ("k_nearest", 0),
                                          ("bucket_cell_m", 1000.0), ("gamma", 1.5),
                                          ("matcher", "simplex"), ("max_pending", 2.5),
