@@ -16,10 +16,10 @@ from fedrl.dispatch.weights import edge_weights
 from fedrl.ops import prefix_count
 
 
-def run_matcher(weight, mask, method: str, allow_nonpositive: bool = False):
+def run_matcher(weight, mask, method: str, allow_nonpositive: bool = False, **opts):
     """``fedrl.matching.match`` (imported lazily so data-only users need not import it)."""
     from fedrl.matching import match
-    return match(weight, mask, method=method, allow_nonpositive=allow_nonpositive)
+    return match(weight, mask, method=method, allow_nonpositive=allow_nonpositive, **opts)
 
 
 def candidate_weights(state: SimState, cands: Candidates, now, cfg: SimConfig,
@@ -122,11 +122,14 @@ def solve_graph(graph: Graph, cfg: SimConfig, method: str, axis_name=None):
     Rows and columns of the graph are compacted to the front (``compact_rows`` and first-
     appearance column order), so the top-left ``r x c`` block holds every edge when the batch
     has at most r rows and c columns; ``lax.switch`` then runs only that block's matcher.
+
     Under ``jax.vmap`` over platforms with ``axis_name`` (``types.PLATFORM_AXIS``) every
-    platform of the batch is solved in the largest class any of them needs. The exact matchers'
-    optimum does not depend on the class; the auction's default ``eps_final`` is relative to the
-    block's rows, so a larger class can only tighten its guarantee (and may pick another matching
-    within it).
+    platform of the batch is solved in the largest class any of them needs, and gets the
+    same matching as in its own class: the exact matchers' optimum does not depend on the
+    padding, and the auction is given its own class's size for its eps (``eps_size``), which
+    makes the padding inert as long as every class has more rows than the auction's
+    ``bidders_per_round`` (4; the default classes have 8 and more). So a platform's dispatch
+    never depends on the other platforms' load (tested); the sharing changes only the cost.
     """
     R, M = graph.weight.shape
     n_rows = jnp.sum(jnp.any(graph.mask, axis=1))
@@ -135,21 +138,26 @@ def solve_graph(graph: Graph, cfg: SimConfig, method: str, axis_name=None):
     nonpos = cfg.match_nonpositive
 
     def branch(r, c):
-        def solve(w, mask):
-            res = run_matcher(w[:r, :c], mask[:r, :c], method, nonpos)
+        def solve(w, mask, own_size):
+            opts = {} if own_size is None else {"eps_size": own_size}
+            res = run_matcher(w[:r, :c], mask[:r, :c], method, nonpos, **opts)
             return jnp.full((R,), -1, jnp.int32).at[:r].set(res.row_to_col.astype(jnp.int32))
         return solve
 
     if len(sizes) == 1:
-        return branch(*sizes[0])(graph.weight, graph.mask)
+        return branch(*sizes[0])(graph.weight, graph.mask, None)
     # With classes, a batch without any edge (common: orders but no idle driver nearby) takes
     # an empty branch instead of the smallest matcher's setup.
-    empty = lambda w, mask: jnp.full((R,), -1, jnp.int32)
+    empty = lambda w, mask, own_size: jnp.full((R,), -1, jnp.int32)
     sizes = ((0, 0),) + sizes
     fits = jnp.array([(n_rows <= r) & (n_cols <= c) for r, c in sizes])
     index = jnp.sum(jnp.cumsum(fits) == 0)  # first class that fits; the last always fits
+    own_size = None
+    if axis_name is not None and method == "auction":
+        own_size = jnp.array([min(r, c) for r, c in sizes], jnp.int32)[index]
     return jax.lax.switch(shared_class(index, axis_name),
-                          [empty] + [branch(r, c) for r, c in sizes[1:]], graph.weight, graph.mask)
+                          [empty] + [branch(r, c) for r, c in sizes[1:]], graph.weight, graph.mask,
+                          own_size)
 
 
 def local_dispatch(state: SimState, cands: Candidates, now, cfg: SimConfig, axis_name=None):

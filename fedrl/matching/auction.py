@@ -214,9 +214,10 @@ class _Options(NamedTuple):
 _NO_LIMIT = jnp.iinfo(jnp.int32).max
 
 
-def _constants(w, elig, o: _Options):
-    """Per-problem constants: (eps_last, eps_first, integral, masked weights)."""
-    k = w.shape[0]
+def _constants(w, elig, o: _Options, size=None):
+    """Per-problem constants: (eps_last, eps_first, integral, masked weights); ``size``: the
+    problem size the default eps_final is relative to (None: the block's ``min(n, m)``)."""
+    k = w.shape[0] if size is None else jnp.maximum(size, 1)
     scale = jnp.max(jnp.where(elig, w, 0.0))
     integral = jnp.all(jnp.where(elig, w == jnp.round(w), True)) & o.exact_integer
     if o.eps_final is None:
@@ -229,11 +230,13 @@ def _constants(w, elig, o: _Options):
     return eps_last, eps_first, integral, jnp.where(elig, w, _NEG)
 
 
-def _initial_state(w, elig, o: _Options):
-    """Zero prices, nothing matched, first phase: the optimistic one (or the schedule's)."""
+def _initial_state(w, elig, o: _Options, size=None):
+    """Zero prices, nothing matched, first phase: the optimistic one (or the schedule's). The
+    state carries the problem's eps range (``size``: see :func:`_constants`)."""
     n, m = w.shape
-    eps_last, eps_first, _, _ = _constants(w, elig, o)
+    eps_last, eps_first, _, _ = _constants(w, elig, o, size)
     return dict(p=jnp.zeros((m,), w.dtype), pi=jnp.zeros((n,), w.dtype),
+                eps_last=eps_last.astype(w.dtype), eps_first=eps_first.astype(w.dtype),
                 r2c=jnp.full((n,), -1, jnp.int32), c2r=jnp.full((m,), -1, jnp.int32),
                 eps=jnp.where(o.first_rounds > 0, eps_last, eps_first).astype(w.dtype),
                 it=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
@@ -253,7 +256,8 @@ def _auction_core(w, elig, s, max_iters, o: _Options):
     certificate happens to hold at that moment.
     """
     n, m = w.shape
-    eps_last, eps_first, integral, wm = _constants(w, elig, o)
+    _, _, integral, wm = _constants(w, elig, o)
+    eps_last, eps_first = s["eps_last"], s["eps_first"]
     wmt = wm.T
     width = o.bidders_per_round
 
@@ -398,7 +402,7 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
                   reverse_each_phase: bool = True, warm_start: bool = True,
                   exact_integer: bool = True, reset_stale: bool = False,
                   first_rounds: int = 16, bidders_per_round: int | None = 4,
-                  allow_nonpositive: bool = False) -> MatchResult:
+                  allow_nonpositive: bool = False, eps_size=None) -> MatchResult:
     """Max-weight matching by a Jacobi forward/reverse auction with epsilon scaling.
 
     Guarantee (when ``converged``): ``total >= (1 - tol) * optimum`` (relative gap at most
@@ -426,6 +430,13 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
         Jacobi). Any subset may bid in an auction round, so the guarantee is unchanged.
       allow_nonpositive: assignment semantics (max cardinality, then max weight); see
         :func:`fedrl.matching.types.eligible_weights`.
+      eps_size: the ``min(n, m)`` that the default ``eps_final`` is relative to (None: this
+        block's); may be traced. A problem padded into a larger block with masked rows and
+        columns, given its own ``min(n, m)`` here, is solved exactly as unpadded (the padding
+        never bids, is never bid for and adds nothing to the dual bound), provided both
+        blocks have more bidding rows than ``bidders_per_round`` (the round kind is chosen
+        from the static shape). The dispatch simulator relies on it when platforms share a
+        size class (``fedrl.dispatch.dispatchers.solve_graph``).
 
     The smaller side bids forward (the problem is transposed when n > m). Jit- and vmap-able;
     ``iterations`` counts bidding rounds (forward + reverse).
@@ -439,7 +450,7 @@ def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: fl
     if n == 0 or m == 0:
         return result_from_rows(weights, jnp.full((n,), -1, jnp.int32), m)
     w, elig = _prepare(weights, mask, allow_nonpositive)
-    s = _auction_core(w, elig, _initial_state(w, elig, opts), max_iters, opts)
+    s = _auction_core(w, elig, _initial_state(w, elig, opts, eps_size), max_iters, opts)
     return _result(weights, s)
 
 
@@ -500,7 +511,7 @@ def auction_match_batch(weights, mask=None, *, chunk: int = 24, first_iters: int
         raise ConfigError(f"min_staged must be an int >= 0, got {min_staged!r}")
     # auction_match's own defaults and checks, applied once whichever path runs
     defaults = {k: v.default for k, v in inspect.signature(auction_match).parameters.items()
-                if k not in ("weights", "mask", "allow_nonpositive")}
+                if k not in ("weights", "mask", "allow_nonpositive", "eps_size")}
     unknown = set(options) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown auction option(s) {sorted(unknown)}; "

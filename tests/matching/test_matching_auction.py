@@ -258,3 +258,29 @@ def test_pure_jacobi_and_reset_stale_options_are_valid_and_within_tolerance():
         res = solve(w, mask)
         assert np.asarray(res.converged).all(), kind
         assert_within_tol(check_valid(res, w, mask), optima(w, mask), kind)
+
+
+def test_eps_size_makes_padding_inert():
+    """A problem padded into a larger block with masked rows and columns, solved with its own
+    ``eps_size``, gives exactly the unpadded result, rounds included (the dispatch simulator's
+    shared size classes rely on it; rows <= columns in both, so neither is transposed, and
+    more rows than ``bidders_per_round``). Without ``eps_size`` the larger block's smaller eps
+    changes the rounds and, on ties, the matching: that is what makes the test bite."""
+    solve = jax.jit(jax.vmap(auction_match))
+    padded_solve = jax.jit(jax.vmap(lambda w, m, k: auction_match(w, m, eps_size=k)))
+    B, (N, M) = 16, (32, 64)
+    differs = 0
+    for n, m in ((8, 8), (12, 12), (24, 48)):
+        for kind in ("dispatch", "ties", "integer"):
+            w, mask = np_instances(kind, B, n, m, seed=n * m)
+            wp, mp = np.zeros((B, N, M), np.float32), np.zeros((B, N, M), bool)
+            wp[:, :n, :m], mp[:, :n, :m] = w, mask
+            own = solve(w, mask)
+            pad = padded_solve(wp, mp, jnp.full((B,), min(n, m), jnp.int32))
+            np.testing.assert_array_equal(np.asarray(pad.row_to_col)[:, :n],
+                                          np.asarray(own.row_to_col), err_msg=kind)
+            assert (np.asarray(pad.row_to_col)[:, n:] == -1).all()
+            np.testing.assert_array_equal(pad.iterations, own.iterations, err_msg=kind)
+            plain = solve(wp, mp)
+            differs += int(np.any(np.asarray(plain.iterations) != np.asarray(own.iterations)))
+    assert differs > 0
