@@ -85,15 +85,20 @@ def test_censored_under_target_is_undecided_and_empty_episode_is_nan():
 
 def test_never_seeing_the_high_queue_misses_its_targets():
     # Review finding: a policy that never serves ESI 1-2 scored 1.0 "within target" because
-    # only seen patients counted. Serve only the low queue in a busy ED without aging.
-    params = make_params(dataclasses.replace(SMALL, annual_visits=90_000.0, aging=False))
-    low_only = lambda k, o, s, p: jax.numpy.int32(2)  # noqa: E731
-    traces, final = rollout(low_only, params, jax.random.PRNGKey(0), 2)
-    m = summarize(traces, final, params)
-    high = np.isin(np.asarray(traces["event_esi"]), [0, 1]) & (np.asarray(traces["event_kind"]) == 1)
-    assert not high.any()  # nobody of ESI 1-2 was seen
-    assert m["never_seen_share"] > 0.1
-    assert m["within_target"] < m["within_target_seen_only"]
+    # only seen patients counted. Here the ESI 3-5 patients are all seen in time and the
+    # ESI 1-2 ones are still waiting at the horizon, past their targets.
+    traces, final = _handcrafted()
+    traces = {**traces, "event_kind": np.asarray([[[1, 0, 0], [1, 1, 0]]], np.int32),
+              "event_wait": np.asarray([[[3.0, 0, 0], [20.0, 50.0, 0]]], np.float32),
+              "event_esi": np.asarray([[[4, 0, 0], [2, 3, 0]]], np.int32)}
+    final = {**final, "censored_mask": np.array([[True, True]]),
+             "censored_wait": np.array([[40.0, 90.0]], np.float32),
+             "censored_esi": np.array([[0, 1]], np.int32)}
+    m = summarize(traces, final, make_params(SMALL))
+    assert m["within_target_seen_only"] == 1.0
+    assert m["within_target"] == pytest.approx(3 / 5)
+    assert m["never_seen_share"] == pytest.approx(2 / 5)
+    assert m["door_to_provider_median"] == pytest.approx(20.0)
 
 
 def test_rollout_events_agree_with_counters():

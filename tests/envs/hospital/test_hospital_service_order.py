@@ -17,6 +17,9 @@ from fedrl.envs.hospital.types import WAITING, WITH_PROVIDER
 ONE_SLOT = HospitalConfig(max_patients=16, episode_steps=48, physicians_by_shift=(1., 1., 1.),
                           patients_per_physician=1.0, annual_visits=1.0)
 PARAMS = make_params(ONE_SLOT)
+# Jitted once (all configs below share the static fields): eager op-by-op calls of the
+# unrolled start loop cost ~15 s of per-op compilation.
+TRANSITION = jax.jit(transition)
 
 
 def _state(patients, step_index, params=PARAMS):
@@ -37,8 +40,8 @@ def _state(patients, step_index, params=PARAMS):
 def _started(name, patients, step_index, params):
     """(action, ESI levels of the patients who started) after one decision of ``name``."""
     s = _state(patients, step_index, params)
-    action = HEURISTICS[name](jax.random.PRNGKey(0), jnp.zeros(12), s, params)
-    s2, *_ = transition(jax.random.PRNGKey(1), s, action, params)
+    action = jax.jit(HEURISTICS[name])(jax.random.PRNGKey(0), jnp.zeros(12), s, params)
+    s2, *_ = TRANSITION(jax.random.PRNGKey(1), s, action, params)
     status = np.asarray(s2.patients.status)
     return int(action), [patients[i][0] for i in range(len(patients))
                          if status[i] == WITH_PROVIDER]
@@ -75,11 +78,11 @@ def test_acuity_order_breaks_ties_by_arrival_and_respects_spill_order():
                                         "service_order": "acuity_then_arrival"}))
     patients = [(2, 0, 50.0, 50.0), (2, 0, 40.0, 60.0), (1, 0, 55.0, 55.0)]
     s = _state(patients, 16, two)
-    s2, *_ = transition(jax.random.PRNGKey(1), s, jnp.int32(0), two)
+    s2, *_ = TRANSITION(jax.random.PRNGKey(1), s, jnp.int32(0), two)
     assert np.asarray(s2.patients.status)[:3].tolist() == [WAITING, WITH_PROVIDER, WITH_PROVIDER]
     spill = two.replace(spill=jnp.asarray(True))
     patients = [(1, 0, 50.0, 50.0), (3, 1, 0.0, 0.0), (4, 2, 10.0, 10.0)]
-    s2, *_ = transition(jax.random.PRNGKey(1), _state(patients, 16, spill), jnp.int32(2), spill)
+    s2, *_ = TRANSITION(jax.random.PRNGKey(1), _state(patients, 16, spill), jnp.int32(2), spill)
     # chosen queue 2 (ESI 4) first, then queue 0 (ESI 1) before queue 1 (ESI 3)
     assert np.asarray(s2.patients.status)[:3].tolist() == [WITH_PROVIDER, WAITING, WITH_PROVIDER]
 
@@ -91,7 +94,7 @@ def test_aging_switch():
                                              "physicians_by_shift": (0., 0., 0.)}))
     for aging, queue in ((True, 1), (False, 2)):
         params = no_staff.replace(aging=jnp.asarray(aging))
-        s2, *_ = transition(jax.random.PRNGKey(1), _state(patients, 13, params), jnp.int32(0),
+        s2, *_ = TRANSITION(jax.random.PRNGKey(1), _state(patients, 13, params), jnp.int32(0),
                             params)
         assert int(s2.patients.queue[0]) == queue
         assert int(s2.counters.boosts) == int(aging)
