@@ -23,7 +23,8 @@ from fedrl.envs.hospital import (  # noqa: E402
 COLUMNS = (("acuity_weighted_wait", "AW wait"), ("door_to_provider_median", "D2P med"),
            ("door_to_provider_p90", "D2P p90"), ("never_seen_share", "never seen"),
            ("within_target", "in target"), ("lwbs_rate", "LWBS"),
-           ("transfer_rate", "transfer rate"), ("diverted_rate", "diverted"), ("utilisation_staff", "util staff"),
+           ("transfer_rate", "transfer rate"), ("diverted_rate", "diverted"),
+           ("utilisation_staff", "util staff"),
            ("utilisation_beds", "util beds"), ("worst_class_p95_wait", "worst p95"),
            ("episode_return", "return"), ("transfers", "transfers"), ("surges", "surges"))
 

@@ -16,5 +16,6 @@ from fedrl.envs.hospital.types import (
 
 __all__ = ["ConfigError", "HospitalConfig", "observation", "reset", "route_transfers", "step",
            "step_env", "hospital_configs", "make_hospitals", "make_params", "check_invariants",
-           "evaluate", "rollout", "summarize", "HEURISTICS", "HEURISTIC_ENV", "heuristic_params", "ACTION_NAMES", "NUM_ACTIONS",
+           "evaluate", "rollout", "summarize", "HEURISTICS", "HEURISTIC_ENV", "heuristic_params",
+           "ACTION_NAMES", "NUM_ACTIONS",
            "OBS_DIM", "EnvParams", "EnvState"]

@@ -201,5 +201,6 @@ def _shares(name: str, values) -> None:
     require(abs(total - 1.0) < 1e-3, f"{name} must sum to 1, got {values!r} (sum {total:.4f})")
 
 
-__all__ = ["ConfigError", "HospitalConfig", "NUM_ESI", "NUM_QUEUES", "SERVICE_ORDERS", "HOUR_MULTIPLIERS",
+__all__ = ["ConfigError", "HospitalConfig", "NUM_ESI", "NUM_QUEUES", "SERVICE_ORDERS",
+           "HOUR_MULTIPLIERS",
            "DAY_MULTIPLIERS"]

@@ -25,8 +25,8 @@ wait is censored at the horizon. Definitions:
   among the seen (the old, optimistic definition);
 * ``worst_class_p95_wait``: max over ESI levels of the 95th percentile of the wait of all
   patients of that level (censored ones included: a starvation check); NaN with no patients;
-* ``lwbs_rate``, ``diverted_rate``, ``transfer_rate``: share of arrivals; ``utilisation_*``: busy / capacity
-  over the whole horizon (ratio of sums); ``utilisation``: mean of staff and beds;
+* ``lwbs_rate``, ``diverted_rate``, ``transfer_rate``: share of arrivals; ``utilisation_*``: busy /
+  capacity over the whole horizon (ratio of sums); ``utilisation``: mean of staff and beds;
 * ``episode_return``: mean sum of rewards; ``transfers``, ``surges``: per episode;
   ``throughput_per_day``: discharges per 24 h; ``mean_los``: arrival-to-discharge minutes.
 """

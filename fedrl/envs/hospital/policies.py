@@ -131,5 +131,6 @@ HEURISTICS: dict[str, Policy] = {
     "random": random,
 }
 
-__all__ = ["HEURISTICS", "HEURISTIC_ENV", "heuristic_params", "Policy", "fifo", "strict_priority", "mlfq", "cmu", "sept",
+__all__ = ["HEURISTICS", "HEURISTIC_ENV", "heuristic_params", "Policy", "fifo", "strict_priority",
+           "mlfq", "cmu", "sept",
            "accumulating_priority", "make_accumulating_priority", "random", "DEFAULT_AP_RATES"]
