@@ -48,8 +48,11 @@ DQN_METHODS = ("fedavg", "local", "centralized")
 COLUMNS = (("acuity_weighted_wait", "acuity-wtd wait (min)"),
            ("door_to_provider_median", "D2P median"),
            ("door_to_provider_p90", "D2P p90"),
+           ("never_seen_share", "never seen"),
            ("within_target", "seen in target"),
            ("lwbs_rate", "LWBS"),
+           ("transfer_rate", "transfer rate"),
+           ("diverted_rate", "diverted"),
            ("utilisation", "utilisation"),
            ("worst_class_p95_wait", "worst-class p95"),
            ("episode_return", "return"),
@@ -174,20 +177,45 @@ def evaluate_dqn(dqn: DQN, q_params, env_params, key, num_episodes: int, *,
 
 def evaluate_heuristics(names, env_params, key, num_episodes: int
                         ) -> dict[str, list[dict[str, float]]]:
-    """Per-hospital metrics of each named heuristic (same held-out keys for all)."""
+    """Per-hospital metrics of each named heuristic (same held-out keys for all). FIFO and strict
+    priority run with their own within-queue order and no aging (``hospital.HEURISTIC_ENV``),
+    so they are the textbook disciplines; the others in the environment as configured."""
     names = tuple(names)
     rollout = _heuristic_rollout(names, num_episodes)
     keys = _hospital_keys(key, env_params)
-    return {name: _summaries(*rollout(jnp.int32(i), env_params, keys), env_params)
-            for i, name in enumerate(names)}
+    out = {}
+    for i, name in enumerate(names):
+        params = hospital.heuristic_params(name, env_params)
+        out[name] = _summaries(*rollout(jnp.int32(i), params, keys), params)
+    return out
 
 
-def mean_metrics(per_hospital: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over hospitals; a metric undefined everywhere (e.g. a class nobody was) is NaN."""
+def mean_metrics(per_hospital: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean over hospitals of each metric, over the hospitals where it is defined (a metric
+    undefined everywhere, e.g. a class nobody was, is NaN). ``undefined_in_hospitals`` names
+    the metrics that were NaN in some hospital and in how many, so a partial mean is visible."""
     keys = per_hospital[0].keys()
+    out: dict[str, Any] = {}
+    undefined = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return {k: float(np.nanmean([m[k] for m in per_hospital])) for k in keys}
+        for k in keys:
+            values = np.asarray([m[k] for m in per_hospital], dtype=float)
+            out[k] = float(np.nanmean(values))
+            missing = int(np.sum(np.isnan(values)))
+            if missing:
+                undefined[k] = missing
+    out["undefined_in_hospitals"] = undefined
+    return out
+
+
+# Learning-curve episodes use their own key, disjoint from the final table's episodes
+# (rollout's split(key, n)[0] does not depend on n, so sharing eval_key reused an episode).
+CURVE_KEY_SALT = 0xC0FFEE
+
+
+def curve_key(eval_key: jax.Array) -> jax.Array:
+    return jax.random.fold_in(eval_key, CURVE_KEY_SALT)
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -215,7 +243,8 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
     """Train one DQN method round by round (resumable); returns (state, dqn, curve, timings).
 
     ``curve`` holds the mean held-out return of the evaluated model every ``eval_every`` rounds
-    (NaN elsewhere). ``aggregator`` replaces FedAvg's (e.g. a DP or secure chain).
+    (NaN elsewhere), on ``curve_episodes`` episodes drawn from ``curve_key(eval_key)`` (not the
+    final table's). ``aggregator`` replaces FedAvg's (e.g. a DP or secure chain).
     """
     label = label or method
     dqn, fed_cfg, stacked = method_setup(method, cfg, env_params)
@@ -235,6 +264,7 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
     compile_s = time.perf_counter() - t0
     train_s = 0.0
     eval_key = jax.random.fold_in(key, 2) if eval_key is None else eval_key
+    ckey = curve_key(eval_key)
     for r in ctx.progress(range(start, fed_cfg.num_rounds), desc=label,
                           total=fed_cfg.num_rounds, initial=start):
         t1 = time.perf_counter()
@@ -245,7 +275,7 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
         if (r + 1) % cfg.eval_every == 0 or last:
             params, shared = eval_params(method, state)
             curve[r] = mean_metrics(evaluate_dqn(
-                dqn, params, env_params, eval_key, cfg.curve_episodes,
+                dqn, params, env_params, ckey, cfg.curve_episodes,
                 shared_model=shared))["episode_return"]
         if (r + 1) % cfg.checkpoint_every == 0 and not last:
             ctx.save_checkpoint(label, {"state": state, "curve": curve, "round": r + 1})
@@ -284,6 +314,11 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
                                             cfg.eval_episodes))
     for name in cfg.heuristics:
         methods[name] = {"kind": "heuristic", **mean_metrics(per_hospital[name])}
+    # "Rounds to target" compares the learning curve with the target heuristic's return on the
+    # same curve episodes (not on the final table's).
+    curve_target = mean_metrics(evaluate_heuristics(
+        (cfg.target_heuristic,), env_params, curve_key(eval_key), cfg.curve_episodes)
+        [cfg.target_heuristic])["episode_return"]
 
     # Built once: the FedAvg aggregation chosen by config and its DP record (None without DP).
     fed_aggregator, privacy = build_aggregator(cfg.aggregator, cfg.num_hospitals, cfg.fed)
@@ -319,19 +354,18 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
         per_hospital.update(result["per_hospital"])
         curves[method] = curve
 
-    _add_relative_metrics(cfg, methods, curves)
+    _add_relative_metrics(cfg, methods, curves, curve_target)
     table = _tables(cfg, methods, per_hospital, visits)
     _plots(ctx.out_dir, cfg, methods, curves)
     return Report(methods=methods, table=table, compile_time_s=compile_s,
-                  extra={"per_hospital": per_hospital,
+                  extra={"per_hospital": per_hospital, "curve_target_return": curve_target,
                          "curves": {k: v.tolist() for k, v in curves.items()},
                          "hospital_annual_visits": visits})
 
 
-def _add_relative_metrics(cfg, methods, curves):
+def _add_relative_metrics(cfg, methods, curves, target):
     random_r = methods.get("random", {}).get("episode_return")
     central_r = methods.get("centralized", {}).get("episode_return")
-    target = methods.get(cfg.target_heuristic, {}).get("episode_return")
     for name, m in methods.items():
         if m.get("kind") != "dqn":
             continue
@@ -356,15 +390,30 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
                     + [_fmt(m.get("rounds_to_target", "-") if m.get("kind") == "dqn" else "-"),
                        _fmt(m.get("quality_vs_centralized", "-")
                             if m.get("kind") == "dqn" else "-")])
+    partial = sorted({f"{name}: {k} ({n}/{cfg.num_hospitals})"
+                      for name, m in methods.items()
+                      for k, n in (m.get("undefined_in_hospitals") or {}).items()
+                      if k in dict(COLUMNS)})
     text = [f"### Hospital scheduling: {cfg.num_hospitals} heterogeneous hospitals, "
             f"{cfg.fed.num_rounds} rounds x {cfg.fed.local_steps} local steps, "
             f"{cfg.eval_episodes} held-out episodes per hospital (means over hospitals)\n",
             markdown_table(header, rows, digits=3),
             f"\nRounds to target: first evaluated round whose held-out return beats "
-            f"`{cfg.target_heuristic}`. Quality vs central: (R - R_random)/(R_central - R_random). "
+            f"`{cfg.target_heuristic}` on the same curve episodes. Quality vs central: "
+            "(R - R_random)/(R_central - R_random). "
+            "D2P: door to provider of the seen patients; never seen: share of queued patients "
+            "not seen (LWBS, transferred, waiting at the horizon). Seen in target: over all "
+            "queued patients (LWBS, transferred and still-waiting-past-target count as misses; "
+            "still waiting under target excluded). Waits of transferred patients include the "
+            "transfer delay. LWBS / transfer rate / diverted: shares of arrivals. "
             "Surges/transfers: actions 3 and 4 per episode (the heuristics only ever serve a "
-            "queue; random picks them uniformly). FedAvg aggregation: "
+            "queue; random picks them uniformly). `fifo` and `strict_priority` run with their "
+            "own within-queue order and no aging (`HEURISTIC_ENV`); everything else in the MLFQ "
+            "environment (queue-entry order, aging on). FedAvg aggregation: "
             f"`{cfg.aggregator.kind}`.\n"]
+    if partial:
+        text.append("Means over fewer hospitals (metric undefined elsewhere): "
+                    + "; ".join(partial) + ".\n")
     record = methods.get("fedavg", {}).get("privacy")
     if record:
         text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "

@@ -2,7 +2,9 @@
 
     python scripts/hospital_baselines.py --episodes 8 --days 1 --hospitals 5 --seed 0
 
-Markdown tables go to stdout; nothing is written to disk.
+Markdown tables go to stdout; nothing is written to disk. ``fifo`` and ``strict_priority`` run
+with their own within-queue order and no aging (``HEURISTIC_ENV``); metric definitions in
+``fedrl/envs/hospital/metrics.py``.
 """
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from fedrl.envs.hospital import HEURISTICS, HospitalConfig, evaluate, hospital_configs, make_params  # noqa: E402
+from fedrl.envs.hospital import (  # noqa: E402
+    HEURISTICS, HospitalConfig, evaluate, heuristic_params, hospital_configs, make_params)
 
 COLUMNS = (("acuity_weighted_wait", "AW wait"), ("door_to_provider_median", "D2P med"),
-           ("door_to_provider_p90", "D2P p90"), ("within_target", "in target"),
-           ("lwbs_rate", "LWBS"), ("utilisation_staff", "util staff"),
+           ("door_to_provider_p90", "D2P p90"), ("never_seen_share", "never seen"),
+           ("within_target", "in target"), ("lwbs_rate", "LWBS"),
+           ("transfer_rate", "transfer rate"), ("diverted_rate", "diverted"),
+           ("utilisation_staff", "util staff"),
            ("utilisation_beds", "util beds"), ("worst_class_p95_wait", "worst p95"),
            ("episode_return", "return"), ("transfers", "transfers"), ("surges", "surges"))
 
@@ -28,7 +33,8 @@ def table(params, key, episodes: int) -> str:
     lines = ["| policy | " + " | ".join(c[1] for c in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
     for name, policy in HEURISTICS.items():
-        m = evaluate(policy, params, key, episodes)
+        # fifo / strict_priority with their own within-queue order and no aging (HEURISTIC_ENV)
+        m = evaluate(policy, heuristic_params(name, params), key, episodes)
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:.3g}" for c, _ in COLUMNS) + " |")
     return "\n".join(lines)
 

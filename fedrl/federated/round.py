@@ -179,7 +179,9 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
 
     def init(key: jax.Array) -> FederatedState:
         k_global, k_parties = jax.random.split(key)
-        obs_example, _ = env.reset(k_global, _take(_take(env_params, 0), 0))
+        # Only the observation's shape is needed: evaluated abstractly, so no key is drawn for
+        # the reset (k_global used to feed both the reset and the initialisation).
+        obs_example, _ = jax.eval_shape(env.reset, k_global, _take(_take(env_params, 0), 0))
         global_params = dqn.init_params(k_global, obs_example.shape[-1])
         party_keys = jax.vmap(lambda i: jax.random.fold_in(k_parties, i))(
             jnp.arange(num_parties))

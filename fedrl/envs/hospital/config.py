@@ -15,6 +15,8 @@ from fedrl.config import ConfigError, require, require_in_range, require_positiv
 
 NUM_ESI = 5
 NUM_QUEUES = 3
+# Within-queue service orders; the index is EnvParams.service_order.
+SERVICE_ORDERS = ("queue_entry", "arrival", "acuity_then_arrival")
 
 # Canadian ED hour-of-day arrival multipliers (EDSim data, mean 1.0), hours 0..23.
 HOUR_MULTIPLIERS = (.74, .62, .51, .45, .43, .48, .46, .71, .93, 1.10, 1.25, 1.45,
@@ -63,6 +65,13 @@ class HospitalConfig:
 
     # --- MLFQ and decisions ---
     boost_threshold_minutes: float = 60.0  # aging: wait in a queue longer than this -> move up
+    # MLFQ aging (priority boost) on/off. Off turns the queues into fixed triage classes (the
+    # setting under which "strict priority" and "FIFO" are the textbook disciplines).
+    aging: bool = True
+    # Order in which the served queue's patients start (see SERVICE_ORDERS): "queue_entry"
+    # (the MLFQ's FIFO by time of entering the current queue; default), "arrival" (FIFO by
+    # arrival at the ED), "acuity_then_arrival" (lowest ESI level first, then arrival).
+    service_order: str = "queue_entry"
     decision_interval_minutes: float = 5.0
     episode_steps: int = 288  # one day of 5-minute decisions; 2016 for a week
     start_day: int = -1  # day of week of the first decision (0 = Monday); -1 = random per episode
@@ -140,6 +149,9 @@ class HospitalConfig:
                 f"equipment_needed must have {NUM_ESI} entries, got {self.equipment_needed!r}")
         require_positive("staffing_factor", self.staffing_factor)
         require_positive("boost_threshold_minutes", self.boost_threshold_minutes)
+        require(isinstance(self.aging, bool), f"aging must be a bool, got {self.aging!r}")
+        require(self.service_order in SERVICE_ORDERS,
+                f"service_order must be one of {SERVICE_ORDERS}, got {self.service_order!r}")
         require_positive("decision_interval_minutes", self.decision_interval_minutes)
         for name in ("episode_steps", "max_patients", "max_arrivals_per_step",
                      "max_transfers_in_per_step", "event_buffer_size", "max_starts_per_step"):
@@ -189,5 +201,6 @@ def _shares(name: str, values) -> None:
     require(abs(total - 1.0) < 1e-3, f"{name} must sum to 1, got {values!r} (sum {total:.4f})")
 
 
-__all__ = ["ConfigError", "HospitalConfig", "NUM_ESI", "NUM_QUEUES", "HOUR_MULTIPLIERS",
+__all__ = ["ConfigError", "HospitalConfig", "NUM_ESI", "NUM_QUEUES", "SERVICE_ORDERS",
+           "HOUR_MULTIPLIERS",
            "DAY_MULTIPLIERS"]

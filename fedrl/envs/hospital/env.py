@@ -4,7 +4,8 @@ One decision every ``dt`` minutes (default 5). Within a step, in this order:
 
 1. action 3 (surge) extends the surge window; action 4 (transfer) sends one waiting patient out;
 2. service starts: free capacity (a physician slot AND a bed, plus an equipment unit for ESI
-   levels that need one) takes waiting patients from the chosen queue, FIFO by queue entry time.
+   levels that need one) takes waiting patients from the chosen queue, FIFO by queue entry time
+   (``service_order``: or by arrival, or by ESI level then arrival).
    If the chosen queue is empty, or the action is 3/4, no one starts this interval, unless
    ``spill`` is set (leftover capacity then serves the other queues in priority order);
 3. the clock advances dt: provider phases and bed stays run down; finished provider phases free
@@ -12,8 +13,8 @@ One decision every ``dt`` minutes (default 5). Within a step, in this order:
 4. Poisson arrivals of [t, t+dt) (and patients routed in by ``route_transfers``) are triaged
    into the queue of their ESI level; no free slot -> diverted;
 5. waiting ESI 3-5 patients whose patience ran out leave without being seen (LWBS);
-6. aging (MLFQ priority boost): a patient who waited in its queue longer than the boost
-   threshold moves up one queue and its queue clock restarts;
+6. aging (MLFQ priority boost, unless ``aging`` is off): a patient who waited in its queue
+   longer than the boost threshold moves up one queue and its queue clock restarts;
 7. reward at t+dt (``reward.py``); done when the horizon is reached (truncation).
 
 ``step`` auto-resets at the horizon (Gymnax); ``step_env`` does not (used by ``metrics``).
@@ -243,7 +244,14 @@ def transition(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
     # and a bed; an equipment-needing patient is skipped once equipment runs out. At most
     # ``max_starts`` picks per interval (static unrolled argmins: a full sort of the slots was
     # the slowest op of the step on CPU).
-    sort_key = order.astype(jnp.float32) * _ORDER_STRIDE + p.queue_entry
+    # Within-queue order (params.service_order, config.SERVICE_ORDERS): 0 queue entry time
+    # (the MLFQ's FIFO; the default key is kept bit-for-bit), 1 arrival time, 2 ESI level then
+    # arrival. ESI becomes a sub-class below the queue order (5 levels per order class); with
+    # ``spill`` the keys reach ~20 strides, where float32 still resolves ~0.25 min of arrival.
+    by_acuity = params.service_order == 2
+    klass = jnp.where(by_acuity, order * 5 + p.esi, order).astype(jnp.float32)
+    clock = jnp.where(params.service_order == 0, p.queue_entry, p.arrival)
+    sort_key = klass * _ORDER_STRIDE + clock
     cap = jnp.minimum(free_staff, free_beds)
     start = jnp.zeros((n,), bool)
     eq_used = jnp.zeros((), jnp.int32)
@@ -337,7 +345,8 @@ def transition(key: jax.Array, state: EnvState, action: jax.Array, params: EnvPa
 
     # 6. aging: waited in the current queue longer than the threshold -> up one queue.
     waiting = p.status == WAITING
-    boost = waiting & (p.queue > 0) & (t1 - p.queue_entry > params.boost_threshold)
+    boost = (waiting & (p.queue > 0) & (t1 - p.queue_entry > params.boost_threshold)
+             & params.aging)
     p = p.replace(queue=jnp.where(boost, p.queue - 1, p.queue),
                   queue_entry=jnp.where(boost, t1, p.queue_entry))
     p = _clear(p, p.status == EMPTY)

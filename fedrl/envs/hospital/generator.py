@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrl.config import ConfigError
-from fedrl.envs.hospital.config import HospitalConfig
+from fedrl.envs.hospital.config import SERVICE_ORDERS, HospitalConfig
 from fedrl.envs.hospital.types import EnvParams
 
 TERTIARY_ESI = (0.02, 0.30, 0.50, 0.15, 0.03)
@@ -80,6 +80,8 @@ def make_params(cfg: HospitalConfig) -> EnvParams:
         num_beds=jnp.asarray(cfg.num_beds, jnp.int32),
         equipment_needed=jnp.asarray(cfg.equipment_needed, bool),
         boost_threshold=f32(cfg.boost_threshold_minutes),
+        aging=jnp.asarray(cfg.aging, bool),
+        service_order=jnp.asarray(SERVICE_ORDERS.index(cfg.service_order), jnp.int32),
         start_day=jnp.asarray(cfg.start_day, jnp.int32),
         surge_staff=jnp.asarray(
             int(math.floor(cfg.surge_physicians * cfg.patients_per_physician + 0.5)), jnp.int32),

@@ -8,15 +8,25 @@ Per-patient waits come from the env's fixed-size per-step event buffer (patients
 waiting room: seen, LWBS, transferred) plus the patients still waiting at the horizon, whose
 wait is censored at the horizon. Definitions:
 
+* waits: seen = arrival to provider start; LWBS = arrival to leaving; transferred = arrival
+  to transfer + ``transfer_delay_minutes`` (the delay the reward charges: the wait goes on
+  elsewhere); still waiting at the horizon = censored at the horizon (a lower bound);
 * ``acuity_weighted_wait``: sum(acuity_weight[ESI] * wait) / sum(acuity_weight[ESI]) over every
-  patient who entered a queue (seen, LWBS, transferred, or censored), minutes;
-* ``door_to_provider_median`` / ``_p90``: wait of the patients who were seen, minutes;
-* ``within_target``: share of seen patients with wait <= CTAS target[ESI] + dt (the target 0 for
-  ESI 1 means "at the first decision after arrival");
+  patient who entered a queue (seen, LWBS, transferred, or censored), minutes; NaN if nobody;
+* ``door_to_provider_median`` / ``_p90``: wait of the patients who were seen, minutes; read them
+  with ``never_seen_share``, the share of patients who entered a queue and were not seen (LWBS,
+  transferred, still waiting at the horizon): a policy that sees few patients quickly has
+  small quantiles and a large never-seen share;
+* ``within_target``: hits / decided patients, where a hit is a patient seen with wait <= CTAS
+  target[ESI] + dt (the target 0 for ESI 1 means "at the first decision after arrival"), and
+  the decided patients are everyone who entered a queue except those still waiting at the
+  horizon and still under their target (``target_undecided`` counts them): LWBS, transferred
+  and still-waiting-past-target patients are misses. ``within_target_seen_only`` is the share
+  among the seen (the old, optimistic definition);
 * ``worst_class_p95_wait``: max over ESI levels of the 95th percentile of the wait of all
-  patients of that level (censored ones included: a starvation check);
-* ``lwbs_rate`` and ``diverted_rate``: share of arrivals; ``utilisation_*``: busy / capacity
-  over the whole horizon (ratio of sums); ``utilisation``: mean of staff and beds;
+  patients of that level (censored ones included: a starvation check); NaN with no patients;
+* ``lwbs_rate``, ``diverted_rate``, ``transfer_rate``: share of arrivals; ``utilisation_*``: busy /
+  capacity over the whole horizon (ratio of sums); ``utilisation``: mean of staff and beds;
 * ``episode_return``: mean sum of rewards; ``transfers``, ``surges``: per episode;
   ``throughput_per_day``: discharges per 24 h; ``mean_los``: arrival-to-discharge minutes.
 """
@@ -83,29 +93,51 @@ def summarize(traces, final, params: EnvParams) -> dict[str, float]:
     kind = tr["event_kind"].ravel()
     wait = tr["event_wait"].ravel().astype(np.float64)
     esi = tr["event_esi"].ravel()
+    # A transferred patient is charged transfer_delay more minutes of waiting (as the reward
+    # does): the wait continues at the receiving ED. Otherwise "always transfer" would look
+    # like the shortest wait.
+    wait = np.where(kind == EVENT_TRANSFERRED, wait + float(params.transfer_delay), wait)
     left = kind != 0
-    all_wait = np.concatenate([wait[left], fi["censored_wait"][fi["censored_mask"]]])
-    all_esi = np.concatenate([esi[left], fi["censored_esi"][fi["censored_mask"]]])
+    censored = fi["censored_mask"]
+    cens_wait = fi["censored_wait"][censored].astype(np.float64)
+    cens_esi = fi["censored_esi"][censored]
+    all_wait = np.concatenate([wait[left], cens_wait])
+    all_esi = np.concatenate([esi[left], cens_esi])
     seen = kind == EVENT_SEEN
     seen_wait, seen_esi = wait[seen], esi[seen]
+    # "Seen within target" over everyone who entered a queue: seen in time = hit; LWBS,
+    # transferred, or still waiting past the target at the horizon = miss; still waiting and
+    # under the target = undecided, left out. (Counting only the seen would let a policy that
+    # never sees ESI 1-2 score 1.0.)
+    slack = targets + params.dt
+    seen_hit = seen_wait <= slack[seen_esi]
+    not_seen = (kind == EVENT_LWBS) | (kind == EVENT_TRANSFERRED)
+    cens_late = cens_wait > slack[cens_esi]
+    decided = seen_wait.size + int(np.sum(not_seen)) + int(np.sum(cens_late))
+    nan = float("nan")
 
     w = weights[all_esi]
     out = {
-        "acuity_weighted_wait": float(np.sum(w * all_wait) / np.sum(w)) if w.size else 0.0,
-        "mean_wait": float(np.mean(all_wait)) if all_wait.size else 0.0,
+        "acuity_weighted_wait": float(np.sum(w * all_wait) / np.sum(w))
+        if w.size and np.sum(w) > 0 else nan,
+        "mean_wait": float(np.mean(all_wait)) if all_wait.size else nan,
         "door_to_provider_median": _percentile(seen_wait, 50),
         "door_to_provider_p90": _percentile(seen_wait, 90),
-        "within_target": float(np.mean(seen_wait <= targets[seen_esi] + params.dt))
-        if seen_wait.size else float("nan"),
+        # entered a queue but not seen (LWBS, transferred, still waiting at the horizon): read
+        # the seen-only door-to-provider quantiles next to it
+        "never_seen_share": float(1.0 - seen_wait.size / all_wait.size) if all_wait.size else nan,
+        "within_target": float(np.sum(seen_hit)) / decided if decided else nan,
+        "within_target_seen_only": float(np.mean(seen_hit)) if seen_wait.size else nan,
+        "target_undecided": float(np.sum(~cens_late)),
     }
-    worst = 0.0
+    p95s = []
     for level in range(5):
         waits = all_wait[all_esi == level]
         p95 = _percentile(waits, 95)
         out[f"p95_wait_esi{level + 1}"] = p95
         if waits.size:
-            worst = max(worst, p95)
-    out["worst_class_p95_wait"] = worst
+            p95s.append(p95)
+    out["worst_class_p95_wait"] = max(p95s) if p95s else nan
 
     c = fi["counters"]
     arrived = max(int(np.sum(c.arrived)), 1)

@@ -6,11 +6,23 @@ for how long, which real triage boards show). Each picks the waiting patient tha
 first and returns the queue that patient is in (actions 0/1/2; with no one waiting, action 0).
 None of them uses the surge (3) or transfer (4) actions, except ``random``.
 
-* ``fifo``: longest wait since arrival first (first come, first served across queues).
-* ``strict_priority``: most urgent triage level (lowest ESI) first, FIFO within a level;
-  ignores the MLFQ aging, so it is the classic non-preemptive priority queue.
-* ``mlfq``: highest non-empty MLFQ queue, FIFO within it; starvation is prevented only by the
-  environment's fixed priority boost (aging) -- the seed's MLFQ scheduler.
+A policy only *selects a queue*: the environment then starts the chosen queue's patients in
+its ``service_order`` (default: queue-entry order, the MLFQ's FIFO) and applies aging unless
+``aging`` is off. Two heuristics are only their textbook discipline in a matching environment,
+listed in ``HEURISTIC_ENV`` and applied by ``heuristic_params`` (the experiments evaluate them
+so; under the default MLFQ environment they are queue-selection rules, nothing more):
+
+* ``fifo``: the queue of the longest-waiting patient (since arrival). With ``HEURISTIC_ENV``
+  (service by arrival, no aging) it serves the oldest patient first, and the rest of the
+  interval's starts go to that queue's next-oldest patients (not the global next-oldest: one
+  queue per decision).
+* ``strict_priority``: the queue of the most urgent waiting patient (lowest ESI; ties: earliest
+  arrival). With ``HEURISTIC_ENV`` (ESI then arrival within the queue, no aging) it is the
+  classic non-preemptive priority discipline, restricted to one queue per decision. Under the
+  default environment aging moves low-acuity patients into the high queue and the queue is
+  served in queue-entry order, so it behaves almost exactly like ``mlfq``.
+* ``mlfq``: highest non-empty MLFQ queue, FIFO by queue entry within it; starvation is
+  prevented only by the environment's fixed priority boost (aging) -- the seed's MLFQ scheduler.
 * ``cmu``: the c-mu rule (Cox & Smith 1961; van Mieghem 1995): serve the class maximising
   cost rate x service rate = acuity_weight[ESI] / mean service time[ESI].
 * ``sept``: shortest expected processing time first (mean service time by ESI).
@@ -21,11 +33,12 @@ None of them uses the surge (3) or transfer (4) actions, except ``random``.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from fedrl.envs.hospital.config import SERVICE_ORDERS
 from fedrl.envs.hospital.env import minutes
 from fedrl.envs.hospital.types import NUM_ACTIONS, WAITING, EnvParams, EnvState
 
@@ -87,6 +100,27 @@ def random(key, obs, state: EnvState, params: EnvParams) -> jax.Array:
     return jax.random.randint(key, (), 0, NUM_ACTIONS, dtype=jnp.int32)
 
 
+# Environment settings under which a heuristic is its textbook discipline (see the module
+# docstring); heuristics not listed run in the environment as configured.
+HEURISTIC_ENV: dict[str, dict[str, Any]] = {
+    "fifo": {"service_order": "arrival", "aging": False},
+    "strict_priority": {"service_order": "acuity_then_arrival", "aging": False},
+}
+
+
+def heuristic_params(name: str, params: EnvParams) -> EnvParams:
+    """``params`` (one hospital or a stack) with ``HEURISTIC_ENV[name]``'s settings applied;
+    unchanged for heuristics not listed. Only data fields change, so a compiled rollout over
+    ``params`` is reused."""
+    settings = HEURISTIC_ENV.get(name, {})
+    if "service_order" in settings:
+        params = params.replace(service_order=jnp.full_like(
+            params.service_order, SERVICE_ORDERS.index(settings["service_order"])))
+    if "aging" in settings:
+        params = params.replace(aging=jnp.full_like(params.aging, settings["aging"]))
+    return params
+
+
 HEURISTICS: dict[str, Policy] = {
     "fifo": fifo,
     "strict_priority": strict_priority,
@@ -97,5 +131,6 @@ HEURISTICS: dict[str, Policy] = {
     "random": random,
 }
 
-__all__ = ["HEURISTICS", "Policy", "fifo", "strict_priority", "mlfq", "cmu", "sept",
+__all__ = ["HEURISTICS", "HEURISTIC_ENV", "heuristic_params", "Policy", "fifo", "strict_priority",
+           "mlfq", "cmu", "sept",
            "accumulating_priority", "make_accumulating_priority", "random", "DEFAULT_AP_RATES"]

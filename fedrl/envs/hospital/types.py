@@ -53,6 +53,8 @@ class EnvParams:
     num_beds: jax.Array  # [] int32
     equipment_needed: jax.Array  # [5] bool
     boost_threshold: jax.Array  # [] minutes
+    aging: jax.Array  # [] bool: MLFQ priority boost on
+    service_order: jax.Array  # [] int32 index into config.SERVICE_ORDERS (within-queue order)
     start_day: jax.Array  # [] int32, -1 random
     surge_staff: jax.Array  # [] int32 extra physician slots while a surge is active
     surge_beds: jax.Array  # [] int32

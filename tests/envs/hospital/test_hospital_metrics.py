@@ -41,16 +41,21 @@ def _handcrafted():
 def test_summarize_matches_hand_computation():
     traces, final = _handcrafted()
     m = summarize(traces, final, make_params(SMALL))
-    # Everyone who entered a queue: waits 4 50 20 70 130 30, weights 30 1 1 1 1 15.
-    assert m["acuity_weighted_wait"] == pytest.approx((120 + 50 + 20 + 70 + 130 + 450) / 49)
-    assert m["mean_wait"] == pytest.approx(np.mean([4, 50, 20, 70, 130, 30]))
+    # Everyone who entered a queue: waits 4 50 20 70+60 130 30 (the transfer is charged its
+    # 60 min transfer delay), weights 30 1 1 1 1 15.
+    assert m["acuity_weighted_wait"] == pytest.approx((120 + 50 + 20 + 130 + 130 + 450) / 49)
+    assert m["mean_wait"] == pytest.approx(np.mean([4, 50, 20, 130, 130, 30]))
     seen = np.array([4.0, 20.0, 130.0])
     assert m["door_to_provider_median"] == pytest.approx(20.0)
     assert m["door_to_provider_p90"] == pytest.approx(20.0 + 0.8 * 110.0)
-    # Targets + dt: ESI1 4<=5 yes, ESI3 20<=35 yes, ESI5 130<=125 no.
-    assert m["within_target"] == pytest.approx(2 / 3)
-    assert m["p95_wait_esi5"] == pytest.approx(70 + 0.95 * 60)
-    assert m["worst_class_p95_wait"] == pytest.approx(70 + 0.95 * 60)
+    assert m["never_seen_share"] == pytest.approx(3 / 6)
+    # Targets + dt: ESI1 4<=5 yes, ESI3 20<=35 yes, ESI5 130<=125 no; the LWBS and the transfer
+    # are misses; the ESI 2 still waiting 30 > 15+5 is a miss: 2 hits of 6 decided.
+    assert m["within_target"] == pytest.approx(2 / 6)
+    assert m["within_target_seen_only"] == pytest.approx(2 / 3)
+    assert m["target_undecided"] == 0
+    assert m["p95_wait_esi5"] == pytest.approx(130.0)
+    assert m["worst_class_p95_wait"] == pytest.approx(130.0)
     assert m["p95_wait_esi2"] == pytest.approx(30.0)
     assert m["lwbs_rate"] == pytest.approx(0.1) and m["diverted_rate"] == pytest.approx(0.2)
     assert m["transfer_rate"] == pytest.approx(0.1)
@@ -63,6 +68,37 @@ def test_summarize_matches_hand_computation():
     assert m["mean_los"] == pytest.approx(400 / 3)
     assert m["throughput_per_day"] == pytest.approx(3 / (2 * 5 / 1440))
     assert m["seen"] == len(seen) and m["lwbs_events"] == 1 and m["transfer_events"] == 1
+
+
+def test_censored_under_target_is_undecided_and_empty_episode_is_nan():
+    traces, final = _handcrafted()
+    final = {**final, "censored_wait": np.array([[10.0, 0.0]], np.float32)}  # ESI 2, 10 <= 20
+    m = summarize(traces, final, make_params(SMALL))
+    assert m["within_target"] == pytest.approx(2 / 5) and m["target_undecided"] == 1
+    traces = {**traces, "event_kind": np.zeros_like(traces["event_kind"])}
+    final = {**final, "censored_mask": np.zeros_like(final["censored_mask"])}
+    m = summarize(traces, final, make_params(SMALL))
+    for name in ("acuity_weighted_wait", "mean_wait", "worst_class_p95_wait", "within_target",
+                 "door_to_provider_median", "never_seen_share"):
+        assert np.isnan(m[name]), name
+
+
+def test_never_seeing_the_high_queue_misses_its_targets():
+    # Review finding: a policy that never serves ESI 1-2 scored 1.0 "within target" because
+    # only seen patients counted. Here the ESI 3-5 patients are all seen in time and the
+    # ESI 1-2 ones are still waiting at the horizon, past their targets.
+    traces, final = _handcrafted()
+    traces = {**traces, "event_kind": np.asarray([[[1, 0, 0], [1, 1, 0]]], np.int32),
+              "event_wait": np.asarray([[[3.0, 0, 0], [20.0, 50.0, 0]]], np.float32),
+              "event_esi": np.asarray([[[4, 0, 0], [2, 3, 0]]], np.int32)}
+    final = {**final, "censored_mask": np.array([[True, True]]),
+             "censored_wait": np.array([[40.0, 90.0]], np.float32),
+             "censored_esi": np.array([[0, 1]], np.int32)}
+    m = summarize(traces, final, make_params(SMALL))
+    assert m["within_target_seen_only"] == 1.0
+    assert m["within_target"] == pytest.approx(3 / 5)
+    assert m["never_seen_share"] == pytest.approx(2 / 5)
+    assert m["door_to_provider_median"] == pytest.approx(20.0)
 
 
 def test_rollout_events_agree_with_counters():
