@@ -36,7 +36,7 @@ def test_quantized_clipped_update_norm_never_exceeds_clip_norm():
     fp = FixedPoint(scale=SCALE, bits=32, value_bound=C)
     chain = agg.chain(agg.clip_updates_for_quantization(C, fp), agg.stochastic_quantize(fp))
     run = jax.jit(lambda c, k: chain.update(c, chain.init(None), k)[0])
-    worst = max(_norms(run(_cohort(s), jax.random.key(100 + s)).updates).max() for s in range(20))
+    worst = max(_norms(run(_cohort(s), jax.random.key(100 + s)).updates).max() for s in range(8))
     assert worst <= C
     # Not vacuous: the tighter clip costs only sqrt(D)/scale of the norm.
     assert worst > C - 2 * math.sqrt(D) / SCALE
@@ -49,7 +49,7 @@ def test_dp_secure_fedavg_sums_quantized_updates_of_norm_at_most_c():
     chain = agg.dp_secure_fedavg(C, 0.0, 1.0, scale=SCALE)
     run = jax.jit(lambda c, k: chain.update(c, chain.init(None), k)[0])
     norms = []
-    for s in range(4):
+    for s in range(2):
         c = _cohort(s)
         for k in range(K):
             out = run(c.replace(mask=jnp.zeros(K).at[k].set(1.0)), jax.random.key(s))

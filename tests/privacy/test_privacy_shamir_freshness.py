@@ -24,7 +24,7 @@ def _first_sharing(monkeypatch, key):
         calls.append((secret, shares))
         return shares
     monkeypatch.setattr(shamir, "split", spy)
-    sa.secure_aggregate(key, jnp.zeros((K, 3), jnp.uint32), FP, dropped=[0, 1, 0, 0, 0])
+    sa.secure_aggregate(key, jnp.zeros((K, 3), jnp.uint32), FP)
     monkeypatch.setattr(shamir, "split", real)
     return calls[0]
 
