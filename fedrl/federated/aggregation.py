@@ -391,8 +391,9 @@ def dp_secure_fedavg(clip_norm: float, noise_multiplier: float, expected_clients
     32-bit ring). Clients clip to :func:`quantized_clip_norm` C' = (C - sqrt(D)/scale)(1 - 1e-5)
     rather than C, so that the stochastically rounded update the server sums has norm <= C
     (rounding can add up to sqrt(D)/scale): the noise z*C then gives exactly the accounted
-    epsilon (for D = 70405 and the default scale, C' = 0.996 C). Distributed noise (each client adding discrete Gaussian noise, Kairouz et
-    al. 2021) would remove the trust in the server's noise; not implemented.
+    epsilon (for D = 70405 and the default scale, C' = 0.996 C). Distributed noise (each
+    client adding discrete Gaussian noise, Kairouz et al. 2021) would remove the trust in the
+    server's noise; not implemented.
     """
     require_positive("clip_norm", clip_norm)
     require_positive("noise_multiplier", noise_multiplier, allow_zero=True)
