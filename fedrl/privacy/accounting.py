@@ -70,7 +70,8 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     _check_common(sampling_rate, rounds, delta, accountant)
     require_positive("noise_multiplier z", noise_multiplier)
     # Plain Python numbers for dp-accounting (NumPy / 0-d JAX scalars pass validation).
-    noise_multiplier, sampling_rate, delta = float(noise_multiplier), float(sampling_rate), float(delta)
+    noise_multiplier, sampling_rate = float(noise_multiplier), float(sampling_rate)
+    delta = float(delta)
     rounds = int(rounds)
     acc = make_accountant(accountant, pld_discretization)
     try:

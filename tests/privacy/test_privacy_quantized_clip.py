@@ -22,7 +22,8 @@ def _cohort(seed):
     u = np.asarray(jax.random.normal(jax.random.key(seed), (K, D))) * 5.0
     u[0] = 1.0
     u[1] = np.sign(u[1])
-    return agg.Cohort(updates={"a": jnp.asarray(u[:, :600]), "b": jnp.asarray(u[:, 600:].reshape(K, 20, 20))},
+    updates = {"a": jnp.asarray(u[:, :600]), "b": jnp.asarray(u[:, 600:].reshape(K, 20, 20))}
+    return agg.Cohort(updates=updates,
                       weights=jnp.ones(K), mask=jnp.ones(K))
 
 
