@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
+import numbers
 import typing
 from typing import Any, Iterable, Mapping
 
@@ -24,20 +25,40 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _as_real(value: Any) -> float | None:
+    """``value`` as a float if it is a real number: Python or NumPy scalars (numbers.Real) and
+    concrete 0-d NumPy / JAX arrays of a real dtype; None otherwise (e.g. a traced value)."""
+    if isinstance(value, numbers.Real):
+        return float(value)
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape == () and getattr(dtype, "kind", None) in ("i", "u", "f"):
+        try:
+            return float(value)
+        except Exception:  # a JAX tracer: not concrete, cannot be checked here
+            return None
+    return None
+
+
 def require_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Validate that a number is finite and > 0 (or >= 0 with ``allow_zero``)."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
+    """Validate that a number is finite and > 0 (or >= 0 with ``allow_zero``).
+
+    Accepts Python, NumPy and 0-d JAX real scalars."""
+    value_f = _as_real(value)
+    ok = value_f is not None and math.isfinite(value_f)
+    ok = ok and (value_f >= 0 if allow_zero else value_f > 0)
     bound = ">= 0" if allow_zero else "> 0"
     require(ok, f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def require_in_range(name: str, value: float, low: float, high: float, *,
                      low_open: bool = False, high_open: bool = False) -> None:
-    """Validate ``low <(=) value <(=) high``; the message prints the interval."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low)
-    ok = ok and (value < high if high_open else value <= high)
+    """Validate ``low <(=) value <(=) high``; the message prints the interval.
+
+    Accepts Python, NumPy and 0-d JAX real scalars."""
+    value_f = _as_real(value)
+    ok = value_f is not None and math.isfinite(value_f)
+    ok = ok and (value_f > low if low_open else value_f >= low)
+    ok = ok and (value_f < high if high_open else value_f <= high)
     interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     require(ok, f"{name} must lie in {interval}, got {value!r}")
 

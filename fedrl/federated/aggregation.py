@@ -16,6 +16,8 @@ Privacy pieces (privacy.md) are more links of the same chain, in the order
 clip -> (quantize) -> sum or secure sum -> DP noise -> fixed denominator -> server optimizer:
 
 * :func:`clip_updates` bounds each client's L2 norm (the sensitivity of the sum);
+  :func:`clip_updates_for_quantization` clips a little tighter so the bound survives the
+  stochastic rounding of secure aggregation;
 * :func:`sum_updates`, :func:`fixed_denominator_mean`, :func:`scale_by` give DP-FedAvg's
   unweighted sum divided by the *expected* cohort size q*N (McMahan et al., ICLR 2018);
 * :func:`gaussian_noise` adds N(0, stddev^2) to every coordinate;
@@ -29,6 +31,7 @@ Constructors: :func:`fedavg` (the plain chain), :func:`dp_fedavg`, :func:`secure
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -36,7 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from fedrl.config import require_positive
+from fedrl.config import ConfigError, require_positive
 from fedrl.privacy import quantization, secure_aggregation
 from fedrl.privacy.quantization import FixedPoint
 
@@ -161,10 +164,56 @@ def clip_updates(clip_norm: float) -> AggregationTransform:
 
     def fn(cohort: Cohort, key):
         del key
-        norms = _client_norms(cohort.updates)
-        factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
-        return cohort.replace(updates=jax.tree.map(
-            lambda u: (_broadcast(factor, u) * u).astype(u.dtype), cohort.updates))
+        return _clip_cohort(cohort, clip_norm)
+    return stateless(fn)
+
+
+def _clip_cohort(cohort: Cohort, clip_norm: float) -> Cohort:
+    norms = _client_norms(cohort.updates)
+    factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
+    return cohort.replace(updates=jax.tree.map(
+        lambda u: (_broadcast(factor, u) * u).astype(u.dtype), cohort.updates))
+
+
+# Relative slack for float32 rounding in clipping and in the fixed-point encoding (x * scale
+# is rounded to float32, relative error 2^-24; the clipped norm is computed in float32).
+_QUANT_CLIP_SLACK = 1e-5
+
+
+def quantized_clip_norm(clip_norm: float, scale: float, dim: int) -> float:
+    """Clip norm C' such that a C'-clipped update, stochastically rounded to step 1/scale,
+    has L2 norm <= C.
+
+    Stochastic rounding moves every coordinate by less than one step, so it can add up to
+    sqrt(D)/scale to the norm: a C-clipped update rounds to norm <= C + sqrt(D)/scale, and
+    noise calibrated to sensitivity C would under-state epsilon. Clipping to
+    C' = (C - sqrt(D)/scale)(1 - 1e-5) (the factor absorbs float32 rounding) makes the
+    *quantized* update's norm <= C, so the recorded epsilon is exact. Raises ConfigError when
+    the fixed-point step is too coarse for C (sqrt(D)/scale >= C).
+    """
+    require_positive("clip_norm", clip_norm)
+    require_positive("scale", scale)
+    margin = math.sqrt(dim) / scale
+    if margin >= clip_norm:
+        raise ConfigError(
+            f"fixed-point step too coarse for clip_norm={clip_norm:g}: stochastic rounding of a "
+            f"{dim}-dimensional update can add sqrt(D)/scale = {margin:g} >= C to its norm; "
+            f"raise the fixed-point scale above sqrt(D)/C = {math.sqrt(dim) / clip_norm:g}")
+    return (clip_norm - margin) * (1.0 - _QUANT_CLIP_SLACK)
+
+
+def clip_updates_for_quantization(clip_norm: float, fp: FixedPoint) -> AggregationTransform:
+    """:func:`clip_updates` to :func:`quantized_clip_norm` (C minus the worst-case growth of
+    the norm under ``fp``'s stochastic rounding), so that each client's *quantized* update has
+    norm <= C: the sensitivity DP noise is calibrated to holds after quantization. D is the
+    update's total size, known at trace time."""
+    require_positive("clip_norm", clip_norm)
+    fp.validate()
+
+    def fn(cohort: Cohort, key):
+        del key
+        dim = sum(int(math.prod(u.shape[1:])) for u in jax.tree.leaves(cohort.updates))
+        return _clip_cohort(cohort, quantized_clip_norm(clip_norm, fp.scale, dim))
     return stateless(fn)
 
 
@@ -339,13 +388,17 @@ def dp_secure_fedavg(clip_norm: float, noise_multiplier: float, expected_clients
     the same key both draw the same noise and differ only by quantization). The fixed point
     uses value_bound = C (an L2-clipped update has every |coordinate| <= C, so the encoding
     clips nothing) and scale = 2^16 / C by default (step C / 65536; up to 32767 parties in a
-    32-bit ring). Distributed noise (each client adding discrete Gaussian noise, Kairouz et
-    al. 2021) would remove the trust in the server's noise; not implemented.
+    32-bit ring). Clients clip to :func:`quantized_clip_norm` C' = (C - sqrt(D)/scale)(1 - 1e-5)
+    rather than C, so that the stochastically rounded update the server sums has norm <= C
+    (rounding can add up to sqrt(D)/scale): the noise z*C then gives exactly the accounted
+    epsilon (for D = 70405 and the default scale, C' = 0.996 C). Distributed noise (each
+    client adding discrete Gaussian noise, Kairouz et al. 2021) would remove the trust in the
+    server's noise; not implemented.
     """
     require_positive("clip_norm", clip_norm)
     require_positive("noise_multiplier", noise_multiplier, allow_zero=True)
     require_positive("expected_clients", expected_clients)
     fp = FixedPoint(scale=2.0 ** 16 / clip_norm if scale is None else scale, bits=bits,
                     value_bound=clip_norm)
-    return chain(clip_updates(clip_norm), secure_sum(fp, use_self_masks),
+    return chain(clip_updates_for_quantization(clip_norm, fp), secure_sum(fp, use_self_masks),
                  gaussian_noise(noise_multiplier * clip_norm), scale_by(1.0 / expected_clients))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Literal
 
 from fedrl.config import require, require_positive
@@ -83,8 +84,16 @@ class FedLTDConfig:
         if num_platforms is not None and self.share_models and self.model_aggregation == "masks":
             self.fixed_point.check_parties(num_platforms)
         self.lsh.validate()
-        require(isinstance(self.epsilon_p, (int, float)) and self.epsilon_p > 0,
+        require(isinstance(self.epsilon_p, numbers.Real) and not isinstance(self.epsilon_p, bool)
+                and self.epsilon_p > 0,
                 f"fedltd.epsilon_p must be > 0 (math.inf for no noise), got {self.epsilon_p!r}")
+        for name in ("weight_lower", "weight_upper"):
+            value = getattr(self, name)
+            # finite: Delta = upper - lower is the Laplace sensitivity (inf would mean inf noise)
+            require(isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and math.isfinite(value),
+                    f"fedltd.{name} must be a finite number (the clipping range of the released "
+                    f"order weights), got {value!r}")
         require(self.weight_upper > self.weight_lower,
                 f"fedltd.weight_upper ({self.weight_upper}) must exceed weight_lower "
                 f"({self.weight_lower})")

@@ -127,11 +127,37 @@ class Knobs:
 
 
 @struct.dataclass
+class ReleaseCount:
+    """How often each pending order's weight has been released (Laplace, eps_p each) so far.
+
+    Per pending slot [K, P]: a slot keeps its order until the order leaves (matched or
+    expired), so the count follows the order; ``order`` tells when a slot changed hands.
+    Bookkeeping only: it reads the residual graph and never feeds back into the protocol."""
+    order: jnp.ndarray   # i32[K, P] order id the count belongs to (-1: none)
+    count: jnp.ndarray   # i32[K, P] releases of that order so far
+
+    @classmethod
+    def zeros(cls, pending_order) -> "ReleaseCount":
+        return cls(order=jnp.full_like(pending_order, -1),
+                   count=jnp.zeros_like(pending_order, jnp.int32))
+
+
+def count_releases(prev: ReleaseCount, valid, order, released) -> ReleaseCount:
+    """Update the per-slot release counts with one batch's residual graph: a slot holding the
+    same order as before adds this batch's release, a slot with a new order starts from it,
+    an empty slot resets. ``valid``/``order``/``released`` [..., P] as in ``Pending``."""
+    kept = valid & (prev.order == order)
+    count = jnp.where(valid, jnp.where(kept, prev.count, 0) + released.astype(jnp.int32), 0)
+    return ReleaseCount(order=jnp.where(valid, order, -1), count=count)
+
+
+@struct.dataclass
 class FedLTDState:
     sim: SimState            # leading platform axis K
     lsh: encoding.LSHParams  # shared by the platforms for the day
     knobs: Knobs
     codes: DriverCodes       # [K] each platform's cache of its drivers' LSH codes
+    releases: ReleaseCount   # [K, P] per-order release counts (privacy accounting only)
 
 
 @struct.dataclass
@@ -139,6 +165,9 @@ class FedLTDLog:
     local: BatchLog          # [K]
     cross: CrossLog
     aggregated: jnp.ndarray  # bool: the models were aggregated in this batch
+    max_releases: jnp.ndarray  # i32: most releases of one order's weight so far (pending
+                               # orders after this batch's step 3); by basic composition
+                               # that order has spent max_releases x eps_p
 
 
 # ------------------------------------------------------------------------------ step 3
@@ -496,7 +525,7 @@ def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig,
     lsh = encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh)
     codes = jax.vmap(lambda d: init_codes(d, lsh, fcfg))(sim.drivers)
     return FedLTDState(sim=sim, lsh=lsh, knobs=Knobs.of(fcfg) if knobs is None else knobs,
-                       codes=codes)
+                       codes=codes, releases=ReleaseCount.zeros(sim.pending.order))
 
 
 @struct.dataclass
@@ -546,6 +575,7 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     residual = sim
 
     codes = state.codes
+    released = jnp.zeros_like(sim.pending.valid)   # orders whose weight step 3 sends
     if fcfg.share_decisions and K > 1:
         codes = jax.vmap(lambda c, d: refresh_codes(c, d, state.lsh, fcfg))(codes, sim.drivers)
         w = jax.vmap(lambda s: order_weights(s, now, cfg))(sim)
@@ -557,6 +587,8 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
         else:
             useful = sim.pending.valid & ((w > fcfg.weight_lower) | jnp.isfinite(eps))
         worth = state.knobs.share_decisions & jnp.any(useful)
+        # step 3 sends (a noisy weight of) every valid residual order when it runs
+        released = worth & sim.pending.valid
         sim, cross, pairs = jax.lax.cond(
             worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg, eps,
                                             codes),
@@ -564,8 +596,14 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     else:
         cross, pairs = CrossLog.zeros(), CrossPairs.none(K * P)
 
+    # per-order release counts, from the residual graph (slots are stable while an order waits)
+    releases = count_releases(state.releases, residual.pending.valid, residual.pending.order,
+                              released)
+
     sim, local = jax.vmap(lambda s, lg: close_batch(s, lg, now, cfg))(sim, local)
-    out = (state.replace(sim=sim, codes=codes), FedLTDLog(local=local, cross=cross, aggregated=aggregate))
+    out = (state.replace(sim=sim, codes=codes, releases=releases),
+           FedLTDLog(local=local, cross=cross, aggregated=aggregate,
+                     max_releases=jnp.max(releases.count)))
     if trace:
         return out + (BatchTrace(value=used_value, local_driver=assignment.driver,
                                  residual=residual, now=now, cross=pairs),)

@@ -45,10 +45,14 @@ def _check_common(sampling_rate, rounds, delta, accountant) -> None:
 
 
 def dp_event(noise_multiplier: float, sampling_rate: float, rounds: int) -> dp_accounting.DpEvent:
-    """T-fold composition of the Poisson-subsampled Gaussian mechanism."""
+    """T-fold composition of the Poisson-subsampled Gaussian mechanism.
+
+    Arguments are converted to Python float / int: dp-accounting refuses e.g. ``np.int64``
+    counts and 0-d JAX arrays."""
     return dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(
-            sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), rounds)
+            float(sampling_rate), dp_accounting.GaussianDpEvent(float(noise_multiplier))),
+        int(rounds))
 
 
 def make_accountant(accountant: Accountant = "pld",
@@ -65,6 +69,10 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     """epsilon of T rounds of DP-FedAvg with noise multiplier z and Poisson rate q at delta."""
     _check_common(sampling_rate, rounds, delta, accountant)
     require_positive("noise_multiplier z", noise_multiplier)
+    # Plain Python numbers for dp-accounting (NumPy / 0-d JAX scalars pass validation).
+    noise_multiplier, sampling_rate = float(noise_multiplier), float(sampling_rate)
+    delta = float(delta)
+    rounds = int(rounds)
     acc = make_accountant(accountant, pld_discretization)
     try:
         with _quiet_absl():
@@ -99,6 +107,8 @@ def noise_multiplier_for_epsilon(target_epsilon: float, sampling_rate: float, ro
     ``calibrate_dp_mechanism`` (Brent's method over z)."""
     _check_common(sampling_rate, rounds, delta, accountant)
     require_positive("target_epsilon", target_epsilon)
+    target_epsilon, sampling_rate, delta = float(target_epsilon), float(sampling_rate), float(delta)
+    rounds = int(rounds)
 
     def calibrate(acc, bracket):
         try:
@@ -158,6 +168,10 @@ class DPConfig:
         """
         self.validate()
         t = self.rounds if rounds_run is None else rounds_run
+        require(isinstance(t, numbers.Integral) and not isinstance(t, bool) and t >= 0,
+                f"DPConfig.record: rounds_run must be an integer >= 0 (rounds actually run), "
+                f"got {rounds_run!r}")
+        t = int(t)
         eps = (epsilon(self.noise_multiplier, self.sampling_rate, t, self.delta,
                        self.accountant) if t >= 1 else 0.0)
         other = "rdp" if self.accountant == "pld" else "pld"

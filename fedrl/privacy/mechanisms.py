@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import dp_accounting
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedrl.config import ConfigError, require, require_in_range, require_positive
 
@@ -45,19 +47,32 @@ def classical_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 
     return sensitivity * math.sqrt(2.0 * math.log(1.25 / delta)) / epsilon
 
 
+def _is_traced(value) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
 def laplace_release(key: jax.Array, w: jax.Array, epsilon: float, lower: float,
                     upper: float) -> jax.Array:
     """(eps, 0)-DP release of a vector of weights: clip(w, lower, upper) + Laplace(Delta/eps).
 
     Delta = upper - lower is the per-coordinate sensitivity once w is clipped to the range
     (one record changes one weight by at most Delta). Each coordinate is its own release of
-    privacy cost eps: use :func:`laplace_composition` for their total.
+    privacy cost eps: use :func:`laplace_composition` for their total. ``epsilon = inf`` means
+    no noise (the clipped weights; Fed-LTD's no-DP setting); NaN or eps <= 0 is a ConfigError.
     """
-    # Validate Python numbers at call time; traced values (under jit) cannot be checked here.
-    if isinstance(epsilon, (int, float)):
-        require_positive("epsilon", epsilon)
-    if isinstance(lower, (int, float)) and isinstance(upper, (int, float)):
-        require(upper > lower, f"laplace_release needs upper > lower, got [{lower}, {upper}]")
+    # Validate concrete values at call time (Python, NumPy and JAX numbers or arrays); traced
+    # values (under jit) cannot be checked here.
+    if not _is_traced(epsilon):
+        e = np.asarray(epsilon)
+        require(e.dtype.kind in "iuf" and bool(np.all(e > 0)),
+                f"laplace_release: epsilon must be > 0 (inf: clipping only, no noise), got "
+                f"{epsilon!r}")
+    if not (_is_traced(lower) or _is_traced(upper)):
+        lo, up = np.asarray(lower), np.asarray(upper)
+        require(lo.dtype.kind in "iuf" and up.dtype.kind in "iuf"
+                and bool(np.all(np.isfinite(lo)) and np.all(np.isfinite(up)))
+                and bool(np.all(up > lo)),
+                f"laplace_release needs finite bounds with upper > lower, got [{lower}, {upper}]")
     scale = (upper - lower) / epsilon
     clipped = jnp.clip(w, lower, upper)
     return clipped + scale * jax.random.laplace(key, clipped.shape, clipped.dtype)
@@ -71,8 +86,10 @@ def laplace_composition(epsilon_per_release: float, releases: int) -> dict:
     simple, always-valid bound and say so.
     """
     require_positive("epsilon_per_release", epsilon_per_release)
-    require(isinstance(releases, int) and releases >= 0,
-            f"releases must be an integer >= 0, got {releases!r}")
+    require(isinstance(releases, numbers.Integral) and not isinstance(releases, bool)
+            and releases >= 0, f"releases must be an integer >= 0, got {releases!r}")
+    releases = int(releases)
+    epsilon_per_release = float(epsilon_per_release)
     return {"epsilon_per_release": epsilon_per_release, "releases": releases,
             "epsilon_total": epsilon_per_release * releases, "delta": 0.0,
             "composition": "basic (sequential) composition: epsilons add"}

@@ -22,6 +22,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedrl.config import ConfigError, require, require_positive
 
@@ -48,8 +49,16 @@ class FixedPoint:
 
     @property
     def max_abs_int(self) -> int:
-        """Largest |q| a single client can send."""
-        return int(math.ceil(self.value_bound * self.scale))
+        """Largest |q| a single client can send.
+
+        :func:`encode` works in float32 and clips to this value, so it must be a float32
+        number: the largest float32 <= ceil(B*scale). Taking ceil(B*scale) itself would be
+        wrong when float32 cannot represent it (e.g. 2^30 - 10): the float32 clip bound
+        rounds *up*, a client could send more than ``max_abs_int``, and
+        :meth:`check_parties` (exact integer arithmetic) could accept a party count whose
+        sum wraps the ring.
+        """
+        return _largest_float32_at_most(int(math.ceil(self.value_bound * self.scale)))
 
     @property
     def half_modulus(self) -> int:
@@ -74,6 +83,14 @@ class FixedPoint:
                 f"{self.max_parties()} parties")
 
 
+def _largest_float32_at_most(m: int) -> int:
+    """Largest integer-valued float32 <= m (m >= 0), as an exact Python int."""
+    f = np.float32(m)
+    if int(f) > m:  # float32 rounded up: step one ulp down
+        f = np.nextafter(f, np.float32(0))
+    return int(f)
+
+
 def _reduce(q: jax.Array, fp: FixedPoint) -> jax.Array:
     return q if fp.bits == 32 else q & jnp.uint32(fp.ring_mask)
 
@@ -83,8 +100,11 @@ def encode(key: jax.Array, x: jax.Array, fp: FixedPoint) -> jax.Array:
     y = jnp.clip(x.astype(jnp.float32), -fp.value_bound, fp.value_bound) * fp.scale
     low = jnp.floor(y)
     up = jax.random.uniform(key, y.shape, jnp.float32) < (y - low)
-    # Clip in float before the cast: float32 rounding of B*scale must not overflow int32.
-    q = jnp.clip(low + up, -fp.max_abs_int, fp.max_abs_int).astype(jnp.int32)
+    # Clip in float before the cast: float32 rounding of B*scale must not overflow int32,
+    # and no |q| may exceed max_abs_int, which check_parties relies on. max_abs_int is
+    # float32-representable, so this float32 bound is exactly max_abs_int (not rounded up).
+    m = np.float32(fp.max_abs_int)
+    q = jnp.clip(low + up, -m, m).astype(jnp.int32)
     return _reduce(jax.lax.bitcast_convert_type(q, jnp.uint32), fp)
 
 

@@ -170,6 +170,12 @@ def _from_int(value: int) -> np.ndarray:
     return np.array([value >> 32, value & 0xFFFFFFFF], dtype=np.uint32)
 
 
+def _round_rng(key: jax.Array) -> random.Random:
+    """Host RNG for the Shamir coefficients, seeded by 128 bits drawn from fold_in(key, 2)."""
+    words = np.asarray(jax.random.bits(jax.random.fold_in(key, 2), (4,), jnp.uint32))
+    return random.Random(int.from_bytes(words.astype("<u4").tobytes(), "little"))
+
+
 def secure_aggregate(key: jax.Array, q: jax.Array, fp: FixedPoint, dropped=None,
                      threshold: int | None = None, use_self_masks: bool = False,
                      rng: random.Random | None = None) -> SecureAggregationOutcome:
@@ -185,15 +191,33 @@ def secure_aggregate(key: jax.Array, q: jax.Array, fp: FixedPoint, dropped=None,
 
     ``q`` is [K, D] uint32 (``quantization.encode``d). Returns the exact ring sum over survivors.
     Host-side share cost is O(K^3 t): meant for modest K (tests use K <= 10).
+
+    ``threshold`` t must exceed K/2 (default floor(K/2) + 1), as in Bonawitz et al.: with
+    t <= K/2 two disjoint groups of parties could each reconstruct a secret, e.g. the server
+    could obtain both a survivor's self seed and its pair seeds; t = 1 would publish every
+    seed in a single share.
+
+    ``rng`` draws the Shamir polynomials' coefficients. By default it is seeded from
+    ``fold_in(key, 2)``: reproducible, and fresh every round as long as every round has its own
+    key. (A fixed default such as ``random.Random(0)`` would repeat the coefficients every
+    round: once one polynomial is reconstructed, a single share of a later round's secret would
+    reveal it.) In this simulation the round key also determines the seeds themselves, so
+    deriving the coefficients from it reveals nothing the key did not; a deployment would draw
+    them with ``secrets.SystemRandom()`` (pass it as ``rng``; not reproducible).
     """
     q = jnp.asarray(q, jnp.uint32)
     n, dim = q.shape
     fp.check_parties(n)
     threshold = n // 2 + 1 if threshold is None else threshold
-    require(1 <= threshold <= n, f"threshold must lie in [1, {n}], got {threshold}")
+    require(isinstance(threshold, (int, np.integer)) and not isinstance(threshold, bool)
+            and n < 2 * threshold <= 2 * n,
+            f"secure aggregation threshold t must be an integer with K/2 < t <= K "
+            f"(K = {n} parties: t in [{n // 2 + 1}, {n}]), got {threshold!r}; with t <= K/2 "
+            f"disjoint groups of parties could each reconstruct a party's secret seeds")
+    threshold = int(threshold)
     dropped = np.zeros(n, bool) if dropped is None else np.asarray(dropped, bool)
     require(dropped.shape == (n,), f"dropped must have shape ({n},), got {dropped.shape}")
-    rng = rng if rng is not None else random.Random(0)
+    rng = rng if rng is not None else _round_rng(key)
 
     # 1. Setup and sharing.
     seeds = np.asarray(pair_seeds(jax.random.fold_in(key, 0), n))

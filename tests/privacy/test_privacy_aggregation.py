@@ -100,8 +100,11 @@ def test_dp_secure_equals_dp_alone_up_to_quantization():
     key = jax.random.key(3)
     dp = _apply(agg.dp_fedavg(clip, z, expected), c, key)
     dp_secure = _apply(agg.dp_secure_fedavg(clip, z, expected), c, key)
-    # The same noise key: the gap is only the quantization of <= K clients (step C/2^16).
-    bound = K * (clip / 2 ** 16) / expected
+    # The same noise key: the gap is the quantization of <= K clients (step C/2^16) plus the
+    # tighter clip C' = (C - sqrt(D) C/2^16)(1 - 1e-5) that keeps each quantized update's
+    # norm <= C (moves a clipped coordinate |u| <= C by at most C (sqrt(D)/2^16 + 1e-5)).
+    d = 4 * 3 + 3
+    bound = K * clip * (1 / 2 ** 16 + np.sqrt(d) / 2 ** 16 + 1e-5) / expected
     for out in (dp_secure,):
         gap = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                   zip(jax.tree.leaves(dp), jax.tree.leaves(out)))
