@@ -170,8 +170,10 @@ def _table(cfg, methods) -> str:
         "\nepsilon: client-level (add/remove one hospital), dp-accounting PLD (RDP beside it). "
         "`local` shares no model. `+secure`: mask-based secure aggregation in Z_2^32, same "
         "keys as the plain run; each round's aggregate differs from the plain one by fixed-point "
-        "rounding only (step 1/scale), which training over the rounds then amplifies: the last "
-        "column is the largest final-parameter difference.\n"])
+        "rounding (step 1/scale) and, with DP, by the tighter client clip C' = (C - sqrt(D)/scale)"
+        "(1 - 1e-5) that keeps the rounded update's norm <= C (so the recorded epsilon holds); "
+        "training over the rounds amplifies both: the last column is the largest "
+        "final-parameter difference.\n"])
 
 
 def _plot(out_dir, methods):
