@@ -21,7 +21,8 @@ OFFLINE, IDLE, BUSY = 0, 1, 2
 # Steps that pick a size class (candidate search, matcher) then take the largest class any
 # platform of the batch needs (``dispatchers.shared_class``): the index is the same for the
 # whole batch and ``lax.switch`` stays a branch. With a per-platform index, vmap turns the
-# switch into running every class for every platform (2.9x slower, docs/dispatch.md).
+# switch into running every class for every platform (the full 3-platform day 2.5x slower,
+# docs/dispatch.md). Each platform still gets its own class's result (``solve_graph``).
 PLATFORM_AXIS = "batched_platforms"
 
 
