@@ -214,27 +214,34 @@ class _Options(NamedTuple):
 _NO_LIMIT = jnp.iinfo(jnp.int32).max
 
 
-def _constants(w, elig, o: _Options, size=None):
-    """Per-problem constants: (eps_last, eps_first, integral, masked weights); ``size``: the
-    problem size the default eps_final is relative to (None: the block's ``min(n, m)``)."""
+def _constants(w, elig, o: _Options):
+    """Per-problem constants of the bidding: (integral, masked weights)."""
+    integral = jnp.all(jnp.where(elig, w == jnp.round(w), True)) & o.exact_integer
+    # Ineligible pairs at -inf once, so a round needs no select for the mask.
+    return integral, jnp.where(elig, w, _NEG)
+
+
+def _eps_range(w, elig, o: _Options, size=None):
+    """(eps_last, eps_first) of the scaling schedule; ``size``: the problem size the default
+    eps_final is relative to (None: the block's ``min(n, m)``, rows after ``_prepare``)."""
     k = w.shape[0] if size is None else jnp.maximum(size, 1)
     scale = jnp.max(jnp.where(elig, w, 0.0))
-    integral = jnp.all(jnp.where(elig, w == jnp.round(w), True)) & o.exact_integer
+    integral, _ = _constants(w, elig, o)
     if o.eps_final is None:
         e_rel = o.tol * scale / k
         eps_last = jnp.where(integral, jnp.minimum(e_rel, 1.0 / (k + 1)), e_rel)
     else:
         eps_last = jnp.asarray(o.eps_final, w.dtype)
     eps_first = jnp.maximum(o.eps_start * scale, eps_last)
-    # Ineligible pairs at -inf once, so a round needs no select for the mask.
-    return eps_last, eps_first, integral, jnp.where(elig, w, _NEG)
+    return eps_last, eps_first
 
 
 def _initial_state(w, elig, o: _Options, size=None):
     """Zero prices, nothing matched, first phase: the optimistic one (or the schedule's). The
-    state carries the problem's eps range (``size``: see :func:`_constants`)."""
+    state carries the problem's eps range (``size``: see :func:`_eps_range`), so that the
+    bidding needs no size of its own."""
     n, m = w.shape
-    eps_last, eps_first, _, _ = _constants(w, elig, o, size)
+    eps_last, eps_first = _eps_range(w, elig, o, size)
     return dict(p=jnp.zeros((m,), w.dtype), pi=jnp.zeros((n,), w.dtype),
                 eps_last=eps_last.astype(w.dtype), eps_first=eps_first.astype(w.dtype),
                 r2c=jnp.full((n,), -1, jnp.int32), c2r=jnp.full((m,), -1, jnp.int32),
@@ -256,7 +263,7 @@ def _auction_core(w, elig, s, max_iters, o: _Options):
     certificate happens to hold at that moment.
     """
     n, m = w.shape
-    _, _, integral, wm = _constants(w, elig, o)
+    integral, wm = _constants(w, elig, o)
     eps_last, eps_first = s["eps_last"], s["eps_first"]
     wmt = wm.T
     width = o.bidders_per_round

@@ -86,8 +86,10 @@ def test_vmap_over_platforms_equals_per_platform_runs(all_days):
     """``run_platforms(mode="vmap")`` == one ``run_day`` per platform, with the auction and
     matcher size classes. Under the platform vmap the two size-class switches (candidate
     search, matcher) stay conditionals, on the largest class any platform needs, where a plain
-    vmap would run every class; each platform still gets its own class's matching (the
-    auction through ``eps_size``), so its dispatch does not depend on the other platforms."""
+    vmap would run every class; each platform still gets its own class's matching, so its
+    dispatch does not depend on the other platforms. (On this small city the auction's result
+    happens not to change even without ``eps_size``; the property that guarantees it is tested
+    on padded problems in tests/matching, test_eps_size_makes_padding_inert.)"""
     cfg = dataclasses.replace(SMALL, matcher="auction", size_classes=((5, 6), (6, 12)))
     platforms = jax.tree.map(lambda a: a[1:], all_days)
     keys = jax.random.split(jax.random.PRNGKey(5), 2)
