@@ -5,8 +5,8 @@ the axis length, and ``jnp.nonzero(..., size=k)`` is built on it. Inside a ``lax
 ``while_loop`` body that runs thousands of times this dominated whole programs (measured: the
 auction's compacted bidding rounds spent about half their time in the ``cumsum`` of
 ``jnp.nonzero``; the simulator's slot searches ~5x on [52, 96]). These replacements are
-log-depth scans and plain reductions, with the same results (tested against the NumPy/JAX
-originals in ``tests/test_ops.py``).
+log-depth scans, plain reductions and (running counts over many rows) one matmul, with the
+same results (tested against the NumPy/JAX originals in ``tests/test_ops.py``).
 """
 from __future__ import annotations
 
@@ -19,9 +19,33 @@ def prefix_sum(x, axis: int = -1):
     return jax.lax.associative_scan(jnp.add, x, axis=axis % x.ndim)
 
 
+# Running counts over at least this many rows at once go through one matmul (see prefix_count).
+MATMUL_COUNT_MIN_ROWS = 8
+
+
 def prefix_count(mask, axis: int = -1):
-    """Inclusive running count of True (nonzero) entries along ``axis`` (int32)."""
-    return prefix_sum(mask.astype(bool).astype(jnp.int32), axis)
+    """Inclusive running count of True (nonzero) entries along ``axis`` (int32).
+
+    With at least ``MATMUL_COUNT_MIN_ROWS`` rows (the product of the other axes, as traced:
+    under ``vmap`` that is per example) the counts are one float32 matmul with an upper
+    triangular matrix of ones. It is exact: the inputs are 0/1 and every partial sum is an
+    integer below 2^24, whatever the summation order or a reduced-precision input format. One
+    dot replaces the log-depth scan's ~25 slice/pad/add ops: measured on the quick Fed-LTD day
+    (its [96, 291] and [52, 48] counts), 1.3x faster per batch and less to compile; 1-D
+    counts keep the scan (faster there than the matmul).
+    """
+    mask = jnp.asarray(mask).astype(bool)
+    if mask.ndim == 0:
+        raise ValueError("prefix_count expects at least one axis, got a scalar")
+    axis = axis % mask.ndim
+    n = mask.shape[axis]
+    if n == 0 or mask.size // n < MATMUL_COUNT_MIN_ROWS:
+        return prefix_sum(mask.astype(jnp.int32), axis)
+    i = jnp.arange(n)
+    upper = (i[:, None] <= i[None, :]).astype(jnp.float32)       # [from, to]
+    rows = jnp.moveaxis(mask, axis, -1).astype(jnp.float32)
+    counts = jnp.matmul(rows, upper, precision=jax.lax.Precision.HIGHEST)
+    return jnp.moveaxis(counts.astype(jnp.int32), -1, axis)
 
 
 def nth_true(mask, n):
