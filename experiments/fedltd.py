@@ -11,8 +11,9 @@ previous day. Methods, all on the same data with the same value learning:
 * ``global``: one platform owns every driver and order (upper bound);
 * ``fedltd``: the full protocol (``fedrl.fedltd.protocol``); ``models_only`` (no decision
   sharing), ``decisions_only`` (no model sharing), ``no_dp`` (eps_p = inf) — run-time knobs
-  of the same compiled day; ``fedltd_hungarian``: exact Hungarian in place of the auction
-  (local and server matching); Paillier model aggregation is timed in Table 5.
+  of the same compiled day (as are table 4's eps_p and LSH bucket widths);
+  ``fedltd_hungarian``: exact Hungarian in place of the auction (local and server
+  matching); Paillier model aggregation is timed in Table 5.
 
 Tables: (1) the default setting; (2) K = 2..5 platforms (even shares); (3) market-share and
 spatial skew, and the supply/demand ratio; (4) eps_p and the LSH bucket width (with the LSH's
@@ -371,10 +372,9 @@ def _table4(rn: Runner, out: dict):
         budget[f"{eps:g}"] = r
     widths = {}
     for width in rn.ctx.progress(cfg.bucket_widths, desc="table 4 width"):
-        fcfg = dataclasses.replace(cfg.fedltd, lsh=dataclasses.replace(
-            cfg.fedltd.lsh, bucket_width_m=float(width)))
+        # also a run-time knob: the same compiled day for every width
         r = [rn.run(f"t4/width={width:g}/seed{s}", markets[("default", s)], s, "fedltd",
-                    fcfg=fcfg) for s in rn.seeds()]
+                    knobs={"bucket_width_m": float(width)}) for s in rn.seeds()]
         widths[f"{width:g}"] = r
         sub = {**{(m, s): t1[(m, s)] for m in ("single", "global") for s in rn.seeds()},
                **{("x", s): x for s, x in zip(rn.seeds(), r)}}

@@ -197,25 +197,38 @@ class LSHParams:
     b: f32[L, m] offsets in [0, r) (grid: the shift of each table; table 0 unshifted).
     secret: uint32[4] key of the code hash (without it the server could hash every bucket
       tuple of the city itself and read off the buckets).
+    width: f32[] the bucket width r in metres (an array, so that one compiled Fed-LTD day
+      serves every width: ``protocol.Knobs.bucket_width_m``).
     """
     a: jax.Array
     b: jax.Array
     secret: jax.Array
+    width: jax.Array
 
 
-def lsh_params(key: jax.Array, cfg: LSHConfig) -> LSHParams:
+def lsh_params(key: jax.Array, cfg: LSHConfig, width=None) -> LSHParams:
     """Draw the L tables of hash functions. ``"exact"`` gets e2lsh-shaped params it never uses,
-    so the protocol's state has one pytree structure whatever the kind."""
+    so the protocol's state has one pytree structure whatever the kind.
+
+    ``width``: the bucket width r in metres, default ``cfg.bucket_width_m``; it may be traced
+    (a run-time knob of the compiled day). A concrete width must be finite and > 0.
+    """
     cfg.validate()
-    return _lsh_params(key, cfg)
+    if width is None:
+        width = cfg.bucket_width_m
+    if isinstance(width, (int, float, np.number, np.ndarray)):  # concrete: check it here
+        w = np.asarray(width, np.float64)
+        if w.shape != () or not np.isfinite(w) or not w > 0:
+            raise ConfigError(f"bucket width must be a finite scalar > 0 metres, got {width!r}")
+    return _lsh_params(key, jnp.asarray(width, jnp.float32), cfg)
 
 
 # jit with the config static: one compiled program instead of many small eager ops (this is
 # called eagerly, once per run / per key); inside an outer jit it is simply inlined.
 @functools.partial(jax.jit, static_argnames="cfg")
-def _lsh_params(key: jax.Array, cfg: LSHConfig) -> LSHParams:
+def _lsh_params(key: jax.Array, r: jax.Array, cfg: LSHConfig) -> LSHParams:
     key_a, key_b, key_s = jax.random.split(key, 3)
-    num_tables, m, r = cfg.num_tables, cfg.hashes_per_table, cfg.bucket_width_m
+    num_tables, m = cfg.num_tables, cfg.hashes_per_table
     if cfg.kind == "grid":
         a = jnp.broadcast_to(jnp.eye(2, dtype=jnp.float32), (num_tables, 2, 2))
         b = jax.random.uniform(key_b, (num_tables, 2), jnp.float32, 0.0, r)
@@ -226,16 +239,17 @@ def _lsh_params(key: jax.Array, cfg: LSHConfig) -> LSHParams:
         b = jax.random.uniform(key_b, (num_tables, m), jnp.float32, 0.0, r)
     # uniform() can round up to r in float32; keep b in [0, r).
     b = jnp.where(b >= r, 0.0, b)
-    return LSHParams(a=a, b=b, secret=jax.random.bits(key_s, (4,), jnp.uint32))
+    return LSHParams(a=a, b=b, secret=jax.random.bits(key_s, (4,), jnp.uint32), width=r)
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def lsh_buckets(params: LSHParams, x: jax.Array, y: jax.Array, cfg: LSHConfig) -> jax.Array:
-    """int32[..., L, m]: the bucket integers floor((a . (x, y) + b) / r) of every table."""
+    """int32[..., L, m]: the bucket integers floor((a . (x, y) + b) / r) of every table (r is
+    ``params.width``; ``cfg`` gives the kind and table counts)."""
     x = jnp.asarray(x, jnp.float32)[..., None, None]
     y = jnp.asarray(y, jnp.float32)[..., None, None]
     proj = x * params.a[..., 0] + y * params.a[..., 1] + params.b
-    return jnp.floor(proj / cfg.bucket_width_m).astype(jnp.int32)
+    return jnp.floor(proj / params.width).astype(jnp.int32)
 
 
 def _fmix32(h: jax.Array) -> jax.Array:

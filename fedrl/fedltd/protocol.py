@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -105,15 +106,17 @@ class CrossLog:
 @struct.dataclass
 class Knobs:
     """Run-time (traced) switches, so that ablations share one compiled day: they can turn
-    off what the static :class:`FedLTDConfig` compiled in, and set the privacy budget."""
+    off what the static :class:`FedLTDConfig` compiled in, and set the privacy budget and the
+    LSH bucket width (``fcfg.lsh.bucket_width_m`` is their default)."""
     share_models: jnp.ndarray     # bool[]
     share_decisions: jnp.ndarray  # bool[]
     epsilon_p: jnp.ndarray        # f32[] (inf: no noise)
+    bucket_width_m: jnp.ndarray   # f32[] LSH bucket width r (metres)
 
     @classmethod
     def of(cls, fcfg: FedLTDConfig, **overrides) -> "Knobs":
         values = dict(share_models=fcfg.share_models, share_decisions=fcfg.share_decisions,
-                      epsilon_p=fcfg.epsilon_p)
+                      epsilon_p=fcfg.epsilon_p, bucket_width_m=fcfg.lsh.bucket_width_m)
         unknown = set(overrides) - set(values)
         if unknown:
             raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(values)}")
@@ -121,9 +124,14 @@ class Knobs:
         if not float(values["epsilon_p"]) > 0:
             raise ConfigError(f"epsilon_p must be > 0 (inf for no noise), got "
                               f"{values['epsilon_p']!r}")
+        width = float(values["bucket_width_m"])
+        if not (math.isfinite(width) and width > 0):
+            raise ConfigError(f"bucket_width_m must be finite and > 0 metres, got "
+                              f"{values['bucket_width_m']!r}")
         return cls(share_models=jnp.asarray(bool(values["share_models"])),
                    share_decisions=jnp.asarray(bool(values["share_decisions"])),
-                   epsilon_p=jnp.asarray(float(values["epsilon_p"]), jnp.float32))
+                   epsilon_p=jnp.asarray(float(values["epsilon_p"]), jnp.float32),
+                   bucket_width_m=jnp.asarray(width, jnp.float32))
 
 
 @struct.dataclass
@@ -521,11 +529,12 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
 def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig,
                 knobs: Knobs | None = None) -> FedLTDState:
     """Fresh platforms ([K] stacked days and value tables) and the day's LSH parameters."""
+    knobs = Knobs.of(fcfg) if knobs is None else knobs
     sim = jax.vmap(lambda d, v: init_state(d, cfg, v))(days, values)
-    lsh = encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh)
+    lsh = encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh, knobs.bucket_width_m)
     codes = jax.vmap(lambda d: init_codes(d, lsh, fcfg))(sim.drivers)
-    return FedLTDState(sim=sim, lsh=lsh, knobs=Knobs.of(fcfg) if knobs is None else knobs,
-                       codes=codes, releases=ReleaseCount.zeros(sim.pending.order))
+    return FedLTDState(sim=sim, lsh=lsh, knobs=knobs, codes=codes,
+                       releases=ReleaseCount.zeros(sim.pending.order))
 
 
 @struct.dataclass
@@ -626,8 +635,8 @@ def run_fedltd(days: DayData, keys, protocol_key, cfg: SimConfig, fcfg: FedLTDCo
                values=None, knobs: Knobs | None = None):
     """Jitted Fed-LTD day of K platforms (leading axis of ``days``, ``keys``, ``values``).
 
-    ``knobs`` (:meth:`Knobs.of`) switch model/decision sharing off and set eps_p at run time:
-    one compiled program serves every such ablation.
+    ``knobs`` (:meth:`Knobs.of`) switch model/decision sharing off and set eps_p and the LSH
+    bucket width at run time: one compiled program serves every such ablation.
     """
     if values is None:
         values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)

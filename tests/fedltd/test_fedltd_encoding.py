@@ -234,3 +234,23 @@ def test_lsh_config_validate_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         lsh_params(jax.random.key(0), cfg)
     LSHConfig().validate()
+
+
+def test_bucket_width_may_be_traced():
+    """A traced width (the protocol's run-time knob) gives the same tables and codes as the
+    config's width; bad concrete widths are refused by name."""
+    cfg = LSHConfig(kind="e2lsh", num_hashes=2, num_tables=3, bucket_width_m=1500.0)
+    key = jax.random.key(7)
+    ref = lsh_params(key, cfg)
+    traced = jax.jit(lambda k, w: lsh_params(k, cfg, w))(key, jnp.float32(1500.0))
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(traced)):
+        np.testing.assert_array_equal(a, b)
+    xs = jnp.linspace(0.0, 9_000.0, 50)
+    np.testing.assert_array_equal(lsh_codes(ref, xs, xs[::-1], cfg),
+                                  lsh_codes(traced, xs, xs[::-1], cfg))
+    wide = lsh_params(key, cfg, 3000.0)
+    assert float(wide.width) == 3000.0
+    np.testing.assert_array_equal(wide.b, 2 * ref.b)  # offsets scale with the width
+    for bad in (0.0, -1.0, float("inf"), np.array([1.0, 2.0])):
+        with pytest.raises(ConfigError, match="bucket width"):
+            lsh_params(key, cfg, bad)

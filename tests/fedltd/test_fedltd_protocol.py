@@ -304,13 +304,16 @@ def test_run_time_knobs_equal_static_configs(market):
     knobs = protocol.Knobs.of(FED, share_decisions=False, epsilon_p=math.inf)
     b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values, knobs)
     assert _tree_equal(a.sim, b.sim)
-    # eps_p = inf by knob (decisions on) equals the statically noiseless protocol, and the
-    # model knob off equals the static decisions-only protocol
-    static = dataclasses.replace(FED, epsilon_p=math.inf)
+    # eps_p = inf and another LSH bucket width by knob (decisions on) equal the statically
+    # configured protocol, and the model knob off equals the static decisions-only protocol
+    width = 0.6 * FED.lsh.bucket_width_m
+    static = dataclasses.replace(FED, epsilon_p=math.inf, lsh=dataclasses.replace(
+        FED.lsh, bucket_width_m=width))
     a, _ = protocol.run_fedltd(market.days, keys, pk, CFG, static, market.values)
     b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values,
-                               protocol.Knobs.of(FED, epsilon_p=math.inf))
-    assert _tree_equal(a.sim, b.sim)
+                               protocol.Knobs.of(FED, epsilon_p=math.inf, bucket_width_m=width))
+    assert _tree_equal(a.sim, b.sim) and _tree_equal(a.lsh, b.lsh)
+    assert float(b.lsh.width) == np.float32(width)
     static = dataclasses.replace(FED, share_models=False)
     a, _ = protocol.run_fedltd(market.days, keys, pk, CFG, static, market.values)
     b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values,
@@ -318,6 +321,9 @@ def test_run_time_knobs_equal_static_configs(market):
     assert _tree_equal(a.sim, b.sim)
     with pytest.raises(ValueError, match="epsilon_p"):
         protocol.Knobs.of(FED, epsilon_p=0.0)
+    for bad in (0.0, -5.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="bucket_width_m"):
+            protocol.Knobs.of(FED, bucket_width_m=bad)
 
 
 def test_most_colliding_matches_a_stable_sort():
