@@ -33,7 +33,7 @@ import numpy as np
 from experiments.common import Experiment, Report, main, markdown_table
 from fedrl.config import require
 from fedrl.data.city import CityConfig
-from fedrl.dispatch.metrics import summarize
+from fedrl.dispatch.metrics import overflow_note, summarize
 from fedrl.dispatch.simulator import dispatch_batch, run_day, run_platforms
 from fedrl.dispatch.types import PLATFORM_AXIS, SimConfig
 from fedrl.fedltd import encoding, protocol
@@ -622,6 +622,10 @@ def run(config: FedLTDExperimentConfig, seed: int, ctx) -> Report:
         for s, metrics in zip(rn.seeds(), runs):
             methods[f"t4/width={width}/{s}"] = metrics
     extra = {"seeds": rn.seeds(), "efficiency": out.get("t5", {})}
+    warn = overflow_note(methods)   # capacity drops are otherwise only in results.json
+    if warn:
+        blocks.append(warn)
+        extra["overflow_warning"] = warn
     if "markets" in out:
         m0 = next(iter(out["markets"].values()))
         extra.update(order_share=m0.order_share, driver_share=m0.driver_share,

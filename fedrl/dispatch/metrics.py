@@ -12,6 +12,11 @@ def summarize(totals: Totals) -> dict:
     answer rate = matched / arrived; completion rate = completed / arrived; cancellation rate
     = cancelled / matched; idle share = idle driver time / online driver time. Works on one
     platform's totals (scalars) or stacked ones (sums over the platform axis).
+
+    An order counts as completed (and its fare as revenue) when it is dispatched and not
+    cancelled, so a trip still running at the end of the window counts in full. ``overflow``
+    holds the capacity counters (orders or drivers a fixed-size structure dropped); see
+    :func:`overflow_total`.
     """
     t = {k: float(np.sum(np.asarray(getattr(totals, k)))) for k in totals.__dataclass_fields__}
     div = lambda a, b: a / b if b > 0 else 0.0
@@ -39,3 +44,23 @@ def optimality_gap(total, exact) -> dict:
     if gap.size == 0:
         return {"mean": 0.0, "max": 0.0, "batches": 0}
     return {"mean": float(gap.mean()), "max": float(gap.max()), "batches": int(gap.size)}
+
+
+def overflow_total(metrics: dict) -> float:
+    """Sum of the capacity counters of ``summarize`` output (0 when nothing was dropped):
+    orders dropped by a full pending pool, drivers left out of a full bucket cell, matrix rows
+    or columns left out, trip ends lost or clamped by the calendar ring."""
+    return float(sum(metrics.get("overflow", {}).values()))
+
+
+def overflow_note(methods: dict) -> str:
+    """A loud note naming the methods whose capacity counters are > 0 ('' when none)."""
+    hit = {name: m["overflow"] for name, m in methods.items()
+           if isinstance(m, dict) and overflow_total(m) > 0}
+    if not hit:
+        return ""
+    parts = "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in o.items() if v > 0)
+                      for name, o in hit.items())
+    return ("**WARNING: capacity overflow** (fixed-size structures dropped orders or drivers, "
+            "so these rows understate what the dispatcher would do; raise the sim.* "
+            f"capacities): {parts}.")

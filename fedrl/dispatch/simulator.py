@@ -40,7 +40,11 @@ from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, 
 
 
 def init_state(day: DayData, cfg: SimConfig, value=None) -> SimState:
-    """All drivers offline at their shift-start position, nothing pending."""
+    """All drivers offline at their shift-start position, nothing pending.
+
+    Validates ``cfg`` (a static Python value, also under ``jit``: ``run_day`` and
+    ``run_platforms`` start here), so a bad knob is a ConfigError naming the field."""
+    cfg.validate()
     D = day.driver_x.shape[0]
     P = cfg.max_pending
     drivers = Drivers(status=jnp.full((D,), OFFLINE, jnp.int32), x=day.driver_x, y=day.driver_y,
