@@ -318,7 +318,8 @@ def write_drivers(path, drivers: Drivers) -> None:
 
 
 def write_gps(path, day: CityDay) -> None:
-    """A minimal GPS file: each driver's shift-start and shift-end ping (order_id ``0``)."""
+    """A minimal GPS file: each driver's shift-start and shift-end ping (order_id ``0``), both
+    at the shift-start position (the generator does not track where a shift ends)."""
     d = day.drivers
     ids = np.concatenate([d.driver_id, d.driver_id])
     ts = np.concatenate([d.shift_start, d.shift_end]).astype(str)
