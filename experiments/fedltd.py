@@ -33,6 +33,7 @@ import numpy as np
 from experiments.common import Experiment, Report, main, markdown_table
 from fedrl.config import require
 from fedrl.data.city import CityConfig
+from fedrl.dispatch.day import driver_file
 from fedrl.dispatch.metrics import overflow_note, summarize
 from fedrl.dispatch.simulator import dispatch_batch, run_day, run_platforms
 from fedrl.dispatch.types import PLATFORM_AXIS, SimConfig
@@ -275,6 +276,9 @@ def _table2_settings(cfg):
 def _table3_settings(cfg):
     settings = [(name, MarketConfig(shares=tuple(sh), spatial_skew=sk), cfg.city)
                 for name, sh, sk in cfg.splits]
+    if cfg.data_dir and driver_file(cfg.data_dir) is not None:
+        return settings   # drivers come from the folder's drivers_* file: supply rows would
+        #                   be identical copies of the default setting
     return settings + [(f"{n:g} drivers/day", cfg.market,
                         dataclasses.replace(cfg.city, drivers_per_day=float(n)))
                        for n in cfg.supply]

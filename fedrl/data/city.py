@@ -10,7 +10,8 @@ the published Chengdu figures (shared/spec/domain.md part B):
 * trip distance = straight line x road factor 1.3, speed U(20, 25) km/h [assumption];
 * fare = 8 + 1.9/km beyond 2 km, +20 % at night (23:00-06:00) (Chengdu 2016 tariff shape);
 * drivers: 4k-8k per day (8k at scale 1), shifts U(4, 10) h, shift starts following demand
-  one hour early so that ~1.5k-3k are online at the peaks;
+  one hour early (measured at scale 1, seed 0: 3,256 online at the evening peak, above the
+  spec's 1.5k-3k; see docs/dispatch.md);
 * a split of drivers and orders over K platforms by market share, optionally spatially skewed
   (platform k is ``exp(spatial_skew)`` times stronger in its own vertical strip of the city).
 
