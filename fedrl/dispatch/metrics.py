@@ -53,14 +53,20 @@ def overflow_total(metrics: dict) -> float:
     return float(sum(metrics.get("overflow", {}).values()))
 
 
-def overflow_note(methods: dict) -> str:
-    """A loud note naming the methods whose capacity counters are > 0 ('' when none)."""
-    hit = {name: m["overflow"] for name, m in methods.items()
-           if isinstance(m, dict) and overflow_total(m) > 0}
-    if not hit:
+def overflow_note(methods: dict, *, names_shown: int = 4) -> str:
+    """A loud note on the capacity counters > 0 ('' when none): per counter, the runs where
+    it is > 0 (the first ``names_shown`` named), their total and the largest count."""
+    runs = {name: m["overflow"] for name, m in methods.items()
+            if isinstance(m, dict) and overflow_total(m) > 0}
+    if not runs:
         return ""
-    parts = "; ".join(f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in o.items() if v > 0)
-                      for name, o in hit.items())
-    return ("**WARNING: capacity overflow** (fixed-size structures dropped orders or drivers, "
+    parts = []
+    for counter in sorted({k for o in runs.values() for k, v in o.items() if v > 0}):
+        hit = {name: o[counter] for name, o in runs.items() if o.get(counter, 0) > 0}
+        names = ", ".join(list(hit)[:names_shown]) + (", ..." if len(hit) > names_shown else "")
+        parts.append(f"{counter} > 0 in {len(hit)} of {len(methods)} runs (total "
+                     f"{sum(hit.values()):g}, at most {max(hit.values()):g} per run: {names})")
+    return ("**WARNING: capacity overflow** (fixed-size structures dropped orders or drivers, or "
+            "ended trips early (calendar_clamped), "
             "so these rows understate what the dispatcher would do; raise the sim.* "
-            f"capacities): {parts}.")
+            "capacities): " + "; ".join(parts) + ".")
