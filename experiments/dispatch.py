@@ -2,7 +2,8 @@
 
     python -m experiments.dispatch --preset quick --out results/dispatch
 
-One synthetic Chengdu-like day (or ``--set data_dir=DIR`` with GAIA ``order_*`` files) is
+One synthetic Chengdu-like day (or ``--set data_dir=DIR`` with GAIA ``order_*`` files; with a
+``drivers_*`` file there, its drivers make one table block instead of the supply levels) is
 simulated in 2 s batches (fedrl.dispatch.simulator) by each dispatcher (nearest driver, myopic
 max revenue, learning-to-dispatch of Xu et al. KDD 2018) with each matcher (Bertsekas auction
 and exact Hungarian, fedrl.matching). Learning-to-dispatch starts from the offline policy
@@ -20,8 +21,8 @@ import jax
 from experiments.common import Experiment, Report, main, markdown_table
 from fedrl.config import require
 from fedrl.data.city import CityConfig
-from fedrl.dispatch.day import prepare
-from fedrl.dispatch.metrics import optimality_gap, summarize
+from fedrl.dispatch.day import driver_file, prepare
+from fedrl.dispatch.metrics import optimality_gap, overflow_note, overflow_total, summarize
 from fedrl.dispatch.schedule import stack_days
 from fedrl.dispatch.simulator import run_day
 from fedrl.dispatch.types import SimConfig
@@ -126,11 +127,39 @@ def _run_city(config, prepared, seed: int, ctx, suffix: str, cache: dict):
     return methods, compile_total, info, src
 
 
-def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
+HEADER = ["dispatcher", "matcher", "revenue", "answer", "completion", "cancel", "pickup m",
+          "idle share", "gap mean", "gap max", "overflow", "us/batch"]
+
+
+def table_row(name: str, m: dict) -> list:
+    """One row of the table (``HEADER``) for method ``name`` ("dispatcher/matcher[@...]");
+    overflow: the capacity counters' sum (``metrics.overflow_total``), 0 when nothing was
+    dropped."""
+    d, mt = name.split("@")[0].split("/")
+    gap = m.get("gap") or {}
+    return [d, mt, m["revenue"], m["answer_rate"], m["completion_rate"],
+            m["cancellation_rate"], m["mean_pickup_m"], m["driver_idle_share"],
+            gap.get("mean", "-") if gap else "-", gap.get("max", "-") if gap else "-",
+            int(overflow_total(m)), m["us_per_batch"]]
+
+
+def supply_blocks(config: DispatchExperimentConfig):
+    """(driver-supply levels, one table block each; the data folder's drivers_* file or None;
+    notes). The drivers of a folder with a drivers_* file come from that file whatever
+    drivers_per_day says, so such a run has one block, not several identical ones labelled
+    by supply levels."""
     levels = config.supply_levels or (config.city.drivers_per_day,)
-    methods, compile_total, blocks, notes = {}, 0.0, [], []
-    header = ["dispatcher", "matcher", "revenue", "answer", "completion", "cancel",
-              "pickup m", "idle share", "gap mean", "gap max", "us/batch"]
+    drv_file = driver_file(config.data_dir) if config.data_dir else None
+    notes = []
+    if drv_file is not None and len(levels) > 1:
+        notes.append(f"drivers from {drv_file.name}: supply_levels {levels} ignored")
+        levels = (config.city.drivers_per_day,)
+    return levels, drv_file, notes
+
+
+def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
+    levels, drv_file, notes = supply_blocks(config)
+    methods, compile_total, blocks = {}, 0.0, []
     prepared = []
     for level in levels:
         city = dataclasses.replace(config.city, drivers_per_day=float(level))
@@ -145,14 +174,7 @@ def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
                                          suffix, cache)
         methods.update(got)
         compile_total += comp
-        rows = []
-        for name, m in got.items():
-            d, mt = name.split("@")[0].split("/")
-            gap = m.get("gap") or {}
-            rows.append([d, mt, m["revenue"], m["answer_rate"], m["completion_rate"],
-                         m["cancellation_rate"], m["mean_pickup_m"], m["driver_idle_share"],
-                         gap.get("mean", "-") if gap else "-",
-                         gap.get("max", "-") if gap else "-", m["us_per_batch"]])
+        rows = [table_row(name, m) for name, m in got.items()]
         rev = {d: max(got[f"{d}/{m}{suffix}"]["revenue"] for m in config.matchers)
                for d in config.dispatchers}
         note = ""
@@ -162,12 +184,21 @@ def run(config: DispatchExperimentConfig, seed: int, ctx) -> Report:
             note = (f"learning-to-dispatch {verdict} myopic: {100 * diff:+.2f} % revenue "
                     "(best matcher each).")
             notes.append(f"{level:g} drivers/day: {note}")
-        blocks.append(f"**{level:g} drivers/day at scale 1** ({info.num_orders} orders, "
+        label = (f"**drivers from {drv_file.name}**" if drv_file is not None
+                 else f"**{level:g} drivers/day at scale 1**")
+        warn = overflow_note(got)
+        blocks.append(f"{label} ({info.num_orders} orders, "
                       f"{info.num_drivers} drivers in the window, {info.num_batches} batches "
                       f"of {config.sim.batch_s:g} s). {note}\n\n"
-                      + markdown_table(header, rows, digits=4))
+                      + markdown_table(HEADER, rows, digits=4)
+                      + (f"\n\n{warn}" if warn else ""))
+        if warn:
+            notes.append(warn)
     table = "\n\n".join(blocks) + ("\n\ngap = (exact - auction) / exact per batch with a "
-                                    "nonzero optimum (auction rows).")
+                                    "nonzero optimum (auction rows); overflow = orders or "
+                                    "drivers dropped by a full fixed-size structure (pending "
+                                    "pool, bucket cell, matrix rows/columns, calendar ring), "
+                                    "0 when the capacities suffice.")
     _plot(methods, ctx.out_dir / "dispatch_revenue.png")
     extra = {"day": dataclasses.asdict(info), "data_files": src["files"],
              "train_eval_same_day": bool(src["leak"]), "notes": notes}

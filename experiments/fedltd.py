@@ -34,7 +34,8 @@ import numpy as np
 from experiments.common import Experiment, Report, main, markdown_table
 from fedrl.config import require
 from fedrl.data.city import CityConfig
-from fedrl.dispatch.metrics import summarize
+from fedrl.dispatch.day import driver_file
+from fedrl.dispatch.metrics import overflow_note, summarize
 from fedrl.dispatch.simulator import dispatch_batch, run_day, run_platforms
 from fedrl.dispatch.types import PLATFORM_AXIS, SimConfig
 from fedrl.fedltd import encoding, protocol
@@ -276,6 +277,9 @@ def _table2_settings(cfg):
 def _table3_settings(cfg):
     settings = [(name, MarketConfig(shares=tuple(sh), spatial_skew=sk), cfg.city)
                 for name, sh, sk in cfg.splits]
+    if cfg.data_dir and driver_file(cfg.data_dir) is not None:
+        return settings   # drivers come from the folder's drivers_* file: supply rows would
+        #                   be identical copies of the default setting
     return settings + [(f"{n:g} drivers/day", cfg.market,
                         dataclasses.replace(cfg.city, drivers_per_day=float(n)))
                        for n in cfg.supply]
@@ -622,6 +626,10 @@ def run(config: FedLTDExperimentConfig, seed: int, ctx) -> Report:
         for s, metrics in zip(rn.seeds(), runs):
             methods[f"t4/width={width}/{s}"] = metrics
     extra = {"seeds": rn.seeds(), "efficiency": out.get("t5", {})}
+    warn = overflow_note(methods)   # capacity drops are otherwise only in results.json
+    if warn:
+        blocks.append(warn)
+        extra["overflow_warning"] = warn
     if "markets" in out:
         m0 = next(iter(out["markets"].values()))
         extra.update(order_share=m0.order_share, driver_share=m0.driver_share,

@@ -32,11 +32,22 @@ def parse_shares(text: str | None, k: int) -> tuple:
     return shares
 
 
+def seed_arg(text: str) -> int:
+    """--seed: an integer >= 0 (numpy's SeedSequence refuses negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--platforms", type=int, default=1)
     parser.add_argument("--shares", default=None, help="comma-separated, sums to 1")
     parser.add_argument("--spatial-skew", type=float, default=0.0)

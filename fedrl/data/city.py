@@ -10,7 +10,8 @@ the published Chengdu figures (shared/spec/domain.md part B):
 * trip distance = straight line x road factor 1.3, speed U(20, 25) km/h [assumption];
 * fare = 8 + 1.9/km beyond 2 km, +20 % at night (23:00-06:00) (Chengdu 2016 tariff shape);
 * drivers: 4k-8k per day (8k at scale 1), shifts U(4, 10) h, shift starts following demand
-  one hour early so that ~1.5k-3k are online at the peaks;
+  one hour early (measured at scale 1, seed 0: 3,256 online at the evening peak, above the
+  spec's 1.5k-3k; see docs/dispatch.md);
 * a split of drivers and orders over K platforms by market share, optionally spatially skewed
   (platform k is ``exp(spatial_skew)`` times stronger in its own vertical strip of the city).
 
@@ -63,19 +64,54 @@ class CityConfig:
         require_positive("city.scale", self.scale)
         require_positive("city.orders_per_day", self.orders_per_day)
         require_positive("city.drivers_per_day", self.drivers_per_day)
+        # the generator holds a day in memory (~100 bytes per order): refuse absurd sizes
+        require(self.scale * self.orders_per_day <= 1e8,
+                f"city.orders_per_day x city.scale ({self.scale * self.orders_per_day:g}) must "
+                "be <= 1e8")
+        require(self.scale * self.drivers_per_day <= 1e7,
+                f"city.drivers_per_day x city.scale ({self.scale * self.drivers_per_day:g}) must "
+                "be <= 1e7")
+        require(isinstance(self.day_start, int) and not isinstance(self.day_start, bool)
+                and self.day_start >= 0, f"city.day_start must be a Unix time (int >= 0), got "
+                f"{self.day_start!r}")
         require_in_range("city.hours", self.hours, 0.0, 24.0, low_open=True)
         require_in_range("city.start_hour", self.start_hour, 0.0, 24.0, high_open=True)
         require(self.start_hour + self.hours <= 24.0 + 1e-9,
                 f"city.start_hour + city.hours must be <= 24, got {self.start_hour + self.hours}")
         require_in_range("city.night_trough", self.night_trough, 0.0, 1.0, low_open=True)
         require_in_range("city.background_share", self.background_share, 0.0, 1.0)
-        require(self.num_hotspots >= 2, f"city.num_hotspots must be >= 2, got {self.num_hotspots}")
-        require(0 < self.speed_kmh[0] <= self.speed_kmh[1],
-                f"city.speed_kmh must be (low, high) with 0 < low <= high, got {self.speed_kmh}")
-        require(0 < self.shift_hours[0] <= self.shift_hours[1] <= 24,
-                f"city.shift_hours must be (low, high) within (0, 24], got {self.shift_hours}")
+        require(isinstance(self.num_hotspots, int) and not isinstance(self.num_hotspots, bool)
+                and self.num_hotspots >= 2,
+                f"city.num_hotspots must be an integer >= 2, got {self.num_hotspots!r}")
+        for name, upper in (("hotspot_sigma_km", None), ("speed_kmh", None),
+                            ("shift_hours", 24.0)):
+            pair = getattr(self, name)
+            ok = (isinstance(pair, (tuple, list)) and len(pair) == 2
+                  and all(_finite_real(v) for v in pair) and 0 < pair[0] <= pair[1]
+                  and (upper is None or pair[1] <= upper))
+            within = "" if upper is None else f" <= {upper:g}"
+            require(ok, f"city.{name} must be (low, high) with 0 < low <= high{within}, "
+                        f"got {pair!r}")
         require_positive("city.road_factor", self.road_factor)
         require_positive("city.fare_base", self.fare_base, allow_zero=True)
+        require_positive("city.fare_base_km", self.fare_base_km, allow_zero=True)
+        require_positive("city.fare_per_km", self.fare_per_km, allow_zero=True)
+        # a night discount is allowed, a negative fare is not
+        require(_finite_real(self.night_surcharge) and self.night_surcharge >= -1.0,
+                f"city.night_surcharge must be a finite number >= -1 (fares stay >= 0), got "
+                f"{self.night_surcharge!r}")
+        require_positive("city.min_trip_km", self.min_trip_km, allow_zero=True)
+        require_in_range("city.hotspot_dest_share", self.hotspot_dest_share, 0.0, 1.0)
+        require_positive("city.hop_median_km", self.hop_median_km)
+        require_positive("city.hop_sigma", self.hop_sigma, allow_zero=True)
+        require(isinstance(self.bounds, Bounds) and self.bounds.lon_min < self.bounds.lon_max
+                and self.bounds.lat_min < self.bounds.lat_max,
+                f"city.bounds must be a Bounds with min < max, got {self.bounds!r}")
+
+
+def _finite_real(value) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, bool) and math.isfinite(float(value)))
 
 
 def demand_profile(minutes: np.ndarray, night_trough: float = 0.15) -> np.ndarray:
@@ -138,9 +174,28 @@ def fare(distance_km, hour_of_day, cfg: CityConfig):
     return np.round(base * np.where(night, 1.0 + cfg.night_surcharge, 1.0), 2)
 
 
-def generate_day(cfg: CityConfig, seed: int) -> CityDay:
-    """Generate one day (or ``cfg.hours`` of it) of orders and driver shifts."""
+def fare_function(cfg: CityConfig):
+    """The city's tariff as ``fn(straight_km, hour_of_day) -> fare``: the straight-line
+    distance times ``cfg.road_factor`` priced by :func:`fare`, as the generator prices its
+    trips. It prices order files without ``reward_units`` wherever fares are needed (the
+    simulated day, ``schedule.build_day``, and the value pre-training,
+    ``dispatch.day.pretrain_value``), so both use the same fares."""
     cfg.validate()
+
+    def priced(straight_km, hour_of_day):
+        return fare(np.asarray(straight_km, np.float64) * cfg.road_factor,
+                    np.asarray(hour_of_day, np.float64), cfg)
+    return priced
+
+
+def generate_day(cfg: CityConfig, seed: int) -> CityDay:
+    """Generate one day (or ``cfg.hours`` of it) of orders and driver shifts.
+
+    A window too short (or a scale too small) to hold any order gives a day without orders
+    (its drivers are still generated)."""
+    cfg.validate()
+    require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0,
+            f"seed must be an integer >= 0, got {seed!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 4_602_906]))
     proj = local_projection(cfg.bounds)
     w, h = cfg.bounds.width_m, cfg.bounds.height_m
@@ -211,6 +266,8 @@ def generate_day(cfg: CityConfig, seed: int) -> CityDay:
 
 
 def _hex_ids(rng, n) -> np.ndarray:
+    if n == 0:   # no order in the window: no id (and no draw, which changes nothing after it)
+        return np.zeros(0, dtype="<U32")
     raw = rng.integers(0, 2 ** 63, size=(n, 2), dtype=np.int64)
     ids = np.char.add(np.char.zfill(np.char.mod("%x", raw[:, 0]), 16),
                       np.char.zfill(np.char.mod("%x", raw[:, 1]), 16))
@@ -262,7 +319,8 @@ def write_drivers(path, drivers: Drivers) -> None:
 
 
 def write_gps(path, day: CityDay) -> None:
-    """A minimal GPS file: each driver's shift-start and shift-end ping (order_id ``0``)."""
+    """A minimal GPS file: each driver's shift-start and shift-end ping (order_id ``0``), both
+    at the shift-start position (the generator does not track where a shift ends)."""
     d = day.drivers
     ids = np.concatenate([d.driver_id, d.driver_id])
     ts = np.concatenate([d.shift_start, d.shift_end]).astype(str)

@@ -13,9 +13,10 @@ Formats (no header, comma separated):
 
 Malformed input raises :class:`DataError` naming the file and the 1-based line number: wrong
 column count, a non-numeric field, ride end before start, coordinates outside the configured
-bounding box, duplicate ids. With ``lenient=True`` such lines are skipped and counted per reason
+bounding box, duplicate ids, a timestamp that is not a whole number of seconds in [0, 2^53]
+("bad timestamp"). With ``lenient=True`` such lines are skipped and counted per reason
 in the returned :class:`LoadReport` instead; nothing is ever silently wrong. Parsing is one
-validating ``csv`` pass into column lists and then NumPy arrays (~1 s per 200k rows).
+validating ``csv`` pass into column lists and then NumPy arrays (~1 s per 100k rows).
 """
 from __future__ import annotations
 
@@ -170,8 +171,17 @@ class _Reader:
         return self.report
 
 
+# Timestamps are whole Unix seconds >= 0; the loader stores them in float64 columns before the
+# int64 cast, which is exact only up to 2^53 (year ~285 million: any real timestamp fits).
+MAX_TIMESTAMP = 2 ** 53
+
+
 def _numbers(reader: _Reader, lineno: int, row, names, kinds):
-    """Parse the named fields; returns None (after fail) on a non-numeric or non-finite one."""
+    """Parse the named fields; returns None (after fail) on a bad one.
+
+    ``int`` fields are timestamps: whole seconds in [0, 2^53] ("1477929600.0" is accepted;
+    "1477929600.5", negative values and values above 2^53, which float64 would round, fail
+    as "bad timestamp"). ``float`` fields must be finite numbers ("non-numeric field")."""
     out = []
     for value, name, kind in zip(row, names, kinds):
         try:
@@ -179,15 +189,22 @@ def _numbers(reader: _Reader, lineno: int, row, names, kinds):
         except ValueError:
             try:  # GAIA timestamps are integers, but tolerate "1477929600.0"
                 number = float(value)
-                if kind is int and number != int(number):
-                    raise ValueError
-                number = int(number) if kind is int else number
-            except (ValueError, OverflowError):   # OverflowError: int(inf)
+            except ValueError:
                 reader.fail(lineno, "non-numeric field", f"{name}={value!r}")
                 return None
-        if kind is int and not -2**62 <= number <= 2**62:
-            # the loader stores timestamps as int64 (through float64): refuse what would wrap
-            reader.fail(lineno, "non-numeric field", f"{name}={value!r} is out of range")
+            if kind is int:
+                if not math.isfinite(number):
+                    reader.fail(lineno, "non-numeric field", f"{name}={value!r} is not finite")
+                    return None
+                if number != math.floor(number):
+                    reader.fail(lineno, "bad timestamp",
+                                f"{name}={value!r} is not a whole number of seconds")
+                    return None
+                number = int(number)
+        if kind is int and not 0 <= number <= MAX_TIMESTAMP:
+            reader.fail(lineno, "bad timestamp",
+                        f"{name}={value!r} is outside [0, 2^53] (negative, or too large to "
+                        "be stored exactly)")
             return None
         if kind is float and not math.isfinite(number):
             reader.fail(lineno, "non-numeric field", f"{name}={value!r} is not finite")
@@ -335,7 +352,7 @@ def load_platforms(path, *, lenient: bool = False) -> tuple[dict, LoadReport]:
         if kind not in out:
             reader.fail(lineno, "unknown kind", f"kind must be order or driver, got {kind!r}")
             continue
-        if not platform.isdigit():
+        if not (platform.isascii() and platform.isdigit()):  # "²".isdigit() is True
             reader.fail(lineno, "non-numeric field", f"platform={platform!r}")
             continue
         if ident in out[kind]:
@@ -346,11 +363,15 @@ def load_platforms(path, *, lenient: bool = False) -> tuple[dict, LoadReport]:
     return out, reader.finish(kept)
 
 
-def platform_index(ids: np.ndarray, assignment: dict, *, path: str = "platform file") -> np.ndarray:
-    """Platform of each id (int array); an id missing from ``assignment`` is a DataError."""
+def platform_index(ids: np.ndarray, assignment: dict, *, path="platform file",
+                   kind: str = "order") -> np.ndarray:
+    """Platform of each id (int array); an id missing from ``assignment`` (the ``kind`` map
+    loaded from the platform file ``path``) is a DataError naming that file."""
     out = np.empty(len(ids), np.int32)
     for i, ident in enumerate(ids.tolist()):
         if ident not in assignment:
-            raise DataError(path, 0, "missing id", f"{ident!r} has no platform")
+            raise DataError(path, 0, "missing id",
+                            f"{kind} id {ident!r} (row {i + 1} of the {kind}s) is not listed "
+                            f"in the platform file")
         out[i] = assignment[ident]
     return out

@@ -1,6 +1,7 @@
 """Local dispatch of one platform: candidate weights -> dense graph -> max-weight matching.
 
-Dispatchers (``SimConfig.dispatcher``): ``nearest`` (greedy nearest driver), ``myopic``
+Dispatchers (``SimConfig.dispatcher``): ``nearest`` (most orders served, then the least total
+pick-up distance), ``myopic``
 (max expected revenue) and ``ltd`` (learning-to-dispatch, Xu et al. KDD 2018), each solved by
 the matcher named in ``SimConfig.matcher`` through ``fedrl.matching.match`` (Bertsekas auction,
 exact Hungarian, or greedy). Rows of the matrix are pending-order slots, columns the distinct
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from fedrl.dispatch.types import Assignment, Candidates, Graph, SimConfig, SimState
-from fedrl.dispatch.weights import edge_weights
+from fedrl.dispatch.weights import edge_weights, nearest_auction_tol
 from fedrl.ops import prefix_count
 
 
@@ -116,6 +117,15 @@ def shared_class(index, axis_name=None):
     return index if axis_name is None else jax.lax.pmax(index, axis_name)
 
 
+def matcher_options(cfg: SimConfig, method: str) -> dict:
+    """Extra matcher options of a dispatcher: the auction on ``nearest`` weights gets a
+    tolerance tight enough to return a matching with the most pairs
+    (``weights.nearest_auction_tol``); the other cases use the matcher's defaults."""
+    if method == "auction" and cfg.dispatcher == "nearest":
+        return {"tol": nearest_auction_tol(cfg)}
+    return {}
+
+
 def solve_graph(graph: Graph, cfg: SimConfig, method: str, axis_name=None):
     """Row -> column matching of ``graph`` on the smallest size class that holds it.
 
@@ -140,6 +150,7 @@ def solve_graph(graph: Graph, cfg: SimConfig, method: str, axis_name=None):
     def branch(r, c):
         def solve(w, mask, own_size):
             opts = {} if own_size is None else {"eps_size": own_size}
+            opts.update(matcher_options(cfg, method))
             res = run_matcher(w[:r, :c], mask[:r, :c], method, nonpos, **opts)
             return jnp.full((R,), -1, jnp.int32).at[:r].set(res.row_to_col.astype(jnp.int32))
         return solve

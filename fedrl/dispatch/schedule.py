@@ -8,6 +8,7 @@ platforms' days are padded to common sizes and stacked on a leading platform axi
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -47,17 +48,48 @@ def _pad_to(n: int, multiple: int = 4) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
+def order_fares(reward, ox, oy, dx, dy, t_rel, fare_fn):
+    """Fares of orders: ``reward`` (the file's reward_units) when present, else
+    ``fare_fn(straight_km, hour_of_day)`` from the straight-line trip (metres) and the start
+    time (seconds after the local midnight); ``fedrl.data.city.fare_function(city)`` is the
+    city's tariff. Without either: ConfigError (no silent default tariff)."""
+    if reward is not None:
+        return np.asarray(reward, np.float64)
+    if fare_fn is None:
+        raise ConfigError("the orders have no reward_units column: pass fare_fn (e.g. "
+                          "fedrl.data.city.fare_function(city)) to price them")
+    straight_km = np.hypot(np.asarray(dx) - ox, np.asarray(dy) - oy) / 1000.0
+    return np.asarray(fare_fn(straight_km, (np.asarray(t_rel, np.float64) / 3600.0) % 24.0),
+                      np.float64)
+
+
+def expected_waiting(batch_of, num_batches: int, cfg: SimConfig) -> float:
+    """Orders expected to wait at once with ``exponential`` patience: the busiest 10 minutes'
+    arrivals per batch times the mean patience in batches (Little's law, every order
+    unmatched: the pool size that never drops an order)."""
+    window = max(1, int(round(600.0 / cfg.batch_s)))
+    counts = np.bincount(batch_of, minlength=num_batches).astype(np.float64)
+    if counts.size == 0:
+        return 0.0
+    per_window = np.convolve(counts, np.ones(min(window, counts.size)), mode="valid")
+    return float(per_window.max() / min(window, counts.size) * cfg.patience_mean_s / cfg.batch_s)
+
+
 def build_day(orders: Orders, drivers: DriverTable, cfg: SimConfig, *, bounds: Bounds,
               day_start: int, t_start_s: float, num_batches: int, seed: int,
               fare_fn=None, max_arrivals: int | None = None) -> tuple[DayData, DayInfo]:
     """Pre-bucket a day: orders by arrival batch, driver shifts as on/offline events.
 
     ``t_start_s`` is the simulated window's start in seconds after ``day_start`` (Unix time of
-    the local midnight). Orders without ``reward`` get ``fare_fn(road_km, hour)``. Patience
-    (``exponential`` mode) is drawn here from ``numpy.random.default_rng(seed)``.
+    the local midnight). Orders without ``reward`` are priced by ``fare_fn(straight_km,
+    hour)`` (:func:`order_fares`; required then). Patience (``exponential`` mode) is drawn
+    here from ``numpy.random.default_rng(seed)``; with it, a pending pool smaller than the
+    orders expected to wait at the busiest time (:func:`expected_waiting`) gives a warning
+    (new orders are dropped when the pool is full, counted in ``pending_overflow``).
     """
-    if num_batches < 1:
-        raise ConfigError(f"num_batches must be >= 1, got {num_batches}")
+    cfg.validate()
+    if not (isinstance(num_batches, (int, np.integer)) and num_batches >= 1):
+        raise ConfigError(f"num_batches must be an integer >= 1, got {num_batches!r}")
     proj = local_projection(bounds)
     dt = cfg.batch_s
     t_rel = (orders.start - day_start).astype(np.float64)
@@ -69,14 +101,16 @@ def build_day(orders: Orders, drivers: DriverTable, cfg: SimConfig, *, bounds: B
     ox, oy = proj.to_xy(orders.pickup_lon[idx], orders.pickup_lat[idx])
     dx, dy = proj.to_xy(orders.dropoff_lon[idx], orders.dropoff_lat[idx])
     duration = np.maximum((orders.stop[idx] - orders.start[idx]).astype(np.float64), dt)
-    if orders.reward is not None:
-        fare = orders.reward[idx]
-    else:
-        if fare_fn is None:
-            from fedrl.data.city import CityConfig, fare as city_fare
-            fare_fn = lambda km, hour: city_fare(km, hour, CityConfig())
-        road_km = np.hypot(dx - ox, dy - oy) * 1.3 / 1000.0
-        fare = fare_fn(road_km, (t_rel[idx] / 3600.0) % 24.0)
+    fare = order_fares(None if orders.reward is None else orders.reward[idx], ox, oy, dx, dy,
+                       t_rel[idx], fare_fn)
+    if cfg.patience == "exponential":
+        waiting = expected_waiting(bi, num_batches, cfg)
+        if waiting > cfg.max_pending:
+            warnings.warn(
+                f"sim.max_pending={cfg.max_pending} is below the ~{waiting:.0f} orders that wait "
+                f"at once at the busiest time when few are matched, with exponential patience (mean "
+                f"{cfg.patience_mean_s:g} s): orders arriving to a full pool are dropped "
+                "(pending_overflow); raise sim.max_pending", stacklevel=2)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300]))
     if cfg.patience == "exponential":
         patience = rng.exponential(cfg.patience_mean_s, len(idx))

@@ -28,6 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from fedrl.config import ConfigError
 from fedrl.dispatch.dispatchers import local_dispatch, shared_class
 from fedrl.dispatch.schedule import DayData
 from fedrl.dispatch.types import (BUSY, IDLE, OFFLINE, PLATFORM_AXIS, Assignment, BatchEvents,
@@ -40,7 +41,11 @@ from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, 
 
 
 def init_state(day: DayData, cfg: SimConfig, value=None) -> SimState:
-    """All drivers offline at their shift-start position, nothing pending."""
+    """All drivers offline at their shift-start position, nothing pending.
+
+    Validates ``cfg`` (a static Python value, also under ``jit``: ``run_day`` and
+    ``run_platforms`` start here), so a bad knob is a ConfigError naming the field."""
+    cfg.validate()
     D = day.driver_x.shape[0]
     P = cfg.max_pending
     drivers = Drivers(status=jnp.full((D,), OFFLINE, jnp.int32), x=day.driver_x, y=day.driver_y,
@@ -463,7 +468,7 @@ def run_platforms(days: DayData, keys, cfg: SimConfig, values=None, mode: str = 
     (``XLA_FLAGS=--xla_force_host_platform_device_count=2``) this uses both cores.
     """
     if mode not in ("vmap", "map", "shard"):
-        raise ValueError(f"mode must be vmap, map or shard, got {mode!r}")
+        raise ConfigError(f"mode must be vmap, map or shard, got {mode!r}")
     if values is None:
         values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)
 

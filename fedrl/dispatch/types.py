@@ -24,6 +24,17 @@ OFFLINE, IDLE, BUSY = 0, 1, 2
 # switch into running every class for every platform (the full 3-platform day 2.5x slower,
 # docs/dispatch.md). Each platform still gets its own class's result (``solve_graph``).
 PLATFORM_AXIS = "batched_platforms"
+# The auction's default bidders per round (fedrl.matching.auction); see SimConfig.validate.
+AUCTION_BIDDERS = 4
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +117,24 @@ class SimConfig:
         for name in ("k_nearest", "max_pending", "max_rows", "max_columns", "bucket_slots",
                      "calendar_batches", "calendar_slots"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1,
+            require(_is_int(value) and value >= 1,
                     f"sim.{name} must be an integer >= 1, got {value!r}")
+        for name in ("td_online", "value_fill_slot_mean", "measure_gap", "match_nonpositive"):
+            value = getattr(self, name)
+            require(isinstance(value, bool), f"sim.{name} must be True or False, got {value!r}")
+        # the bucket search covers straight-line distance <= bucket_cell_m; a road factor < 1
+        # would make road pick-ups shorter than straight lines and break that guarantee
+        require(_is_real(self.pickup_road_factor) and self.pickup_road_factor >= 1.0,
+                f"sim.pickup_road_factor must be >= 1 (road >= straight line), got "
+                f"{self.pickup_road_factor!r}")
         require_in_range("sim.cancel_p0", self.cancel_p0, 0.0, 1.0)
         require_in_range("sim.cancel_p_ref", self.cancel_p_ref, 0.0, 1.0, low_open=True)
         require(self.cancel_p0 > 0 or self.cancel_p_ref == 0,
                 "sim.cancel_p0 must be > 0 for the exponential cancellation curve")
-        require(isinstance(self.value_fill_rings, int) and self.value_fill_rings >= 0,
+        require(_is_int(self.value_fill_rings) and self.value_fill_rings >= 0,
                 f"sim.value_fill_rings must be an integer >= 0, got {self.value_fill_rings!r}")
-        require(self.value_gap_s >= 0, f"sim.value_gap_s must be >= 0, got {self.value_gap_s!r}")
-        require(isinstance(self.value_smooth_rings, int) and self.value_smooth_rings >= 0,
+        require_positive("sim.value_gap_s", self.value_gap_s, allow_zero=True)
+        require(_is_int(self.value_smooth_rings) and self.value_smooth_rings >= 0,
                 f"sim.value_smooth_rings must be an integer >= 0, got {self.value_smooth_rings!r}")
         require(self.td_idle_discount in ("elapsed", "slot"),
                 f"sim.td_idle_discount must be elapsed or slot, got {self.td_idle_discount!r}")
@@ -132,13 +151,36 @@ class SimConfig:
                 f"sim.dispatcher must be nearest, myopic or ltd, got {self.dispatcher!r}")
         require(self.matcher in ("auction", "hungarian", "greedy"),
                 f"sim.matcher must be auction, hungarian or greedy, got {self.matcher!r}")
-        require(all(len(c) == 2 and int(c[0]) >= 1 and int(c[1]) >= 1
-                    for c in self.size_classes),
-                f"sim.size_classes must be (rows, columns) pairs >= 1, got {self.size_classes}")
-        require(all(isinstance(c, int) and c >= 1 for c in self.candidate_classes),
-                f"sim.candidate_classes must be integers >= 1, got {self.candidate_classes}")
+        require(isinstance(self.size_classes, (tuple, list)) and all(
+                    isinstance(c, (tuple, list)) and len(c) == 2
+                    and all(_is_int(v) and v >= 1 for v in c) for c in self.size_classes),
+                f"sim.size_classes must be a tuple of (rows, columns) integer pairs >= 1, e.g. "
+                f"((8, 24), (16, 48)), got {self.size_classes!r}")
+        require(isinstance(self.candidate_classes, (tuple, list))
+                and all(_is_int(c) and c >= 1 for c in self.candidate_classes),
+                f"sim.candidate_classes must be a tuple of integers >= 1, e.g. (8, 16), got "
+                f"{self.candidate_classes!r}")
         require(self.k_nearest <= 9 * self.bucket_slots,
                 f"sim.k_nearest ({self.k_nearest}) exceeds the candidates a 3x3 bucket block holds")
+        # table sizes a city can hold in memory (a typo such as value_cell_m=1 would otherwise
+        # surface as an allocation failure deep in JAX)
+        value_cells = (math.ceil(self.width_m / (math.sqrt(3) * self.value_cell_m)) + 1) * (
+            math.ceil(self.height_m / (1.5 * self.value_cell_m)) + 1)
+        require(self.num_slots * value_cells <= 1e8,
+                f"sim.value_cell_m={self.value_cell_m!r} / sim.slot_s={self.slot_s!r}: the value "
+                f"table would hold ~{self.num_slots * value_cells:.3g} entries (> 1e8)")
+        require(self.bucket_cols * self.bucket_rows * self.bucket_slots <= 1e8,
+                f"sim.bucket_cell_m={self.bucket_cell_m!r}: the bucket table would hold "
+                f"{self.bucket_cols * self.bucket_rows * self.bucket_slots:.3g} entries (> 1e8)")
+        if self.matcher == "auction" and len(self.matrix_sizes) > 1:
+            # Under vmap over platforms the class is shared and the auction gets its own
+            # class's eps (dispatchers.solve_graph); that keeps a platform's matching
+            # independent of the others only if no class is transposed (rows <= columns) and
+            # every class has more rows than the auction's bidders_per_round (4).
+            bad = [c for c in self.matrix_sizes if not (AUCTION_BIDDERS < c[0] <= c[1])]
+            require(not bad, f"sim.size_classes: with the auction every matrix class (rows, "
+                             f"columns) needs {AUCTION_BIDDERS} < rows <= columns (see "
+                             f"dispatchers.solve_graph), got {bad} in {self.matrix_sizes}")
 
     # derived static sizes ------------------------------------------------------------------
     @property

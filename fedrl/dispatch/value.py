@@ -80,8 +80,14 @@ def td0_update(value, t, x, y, valid, matched, weight, cfg: SimConfig):
     matched: ``V += alpha * weight``; unmatched: ``V += alpha * (g - 1) * V`` with ``g`` the
     discount of one batch: ``gamma ** (batch_s / slot_s)`` (``td_idle_discount="elapsed"``,
     gamma is per time slot) or ``gamma`` (``"slot"``, the per-batch rule of the first version).
+    At ``t >= 24 h`` (the last batch of a full day dispatches at 86,400 s) nothing is updated:
+    V is terminal there, as in ``value_at``.
     """
-    slot = jnp.clip(time_slot(t, cfg), 0, value.shape[0] - 1)
+    raw = time_slot(t, cfg)
+    # at or past the end of the day V is terminal (value_at reads 0 there): nothing to learn,
+    # rather than writing into the last slot, which the weights never read at that time
+    valid = valid & (raw < value.shape[0])
+    slot = jnp.clip(raw, 0, value.shape[0] - 1)
     cell = value_grid(cfg).cell_of_xy(x, y)
     v = value[slot, cell]
     delta = jnp.where(matched, cfg.alpha * weight, cfg.alpha * (idle_discount(cfg) - 1.0) * v)

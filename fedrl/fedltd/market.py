@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedrl.config import ConfigError, require
-from fedrl.data.city import CityConfig, split_platforms
+from fedrl.data.city import CityConfig, fare_function, split_platforms
 from fedrl.data.grid import local_projection
 from fedrl.dispatch.day import gaia_days, pretrain_value, synthetic_days
 from fedrl.dispatch.schedule import DayData, DayInfo, build_day, stack_days
@@ -89,9 +89,10 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
     tp = _assign(proj.to_xy(train.pickup_lon, train.pickup_lat)[0], market.shares,
                  market.spatial_skew, width, seed, 13)
     nb = int(round(city.hours * 3600 / cfg.batch_s))
+    fare_fn = fare_function(city)   # prices order files without reward_units (both uses)
     build = lambda o, d, s: build_day(o, d, cfg, bounds=city.bounds, day_start=day_start,
                                       t_start_s=city.start_hour * 3600, num_batches=nb,
-                                      seed=s)
+                                      seed=s, fare_fn=fare_fn)
     parts = [build(orders.subset(op == k), drivers.subset(dp == k), seed * 100 + k)
              for k in range(K)]
     if any(info.num_orders == 0 for _, info in parts):
@@ -103,7 +104,7 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
         if not pretrain or len(train_orders) == 0:
             from fedrl.dispatch.value import init_value
             return init_value(cfg)
-        return pretrain_value(train_orders, train_start, cfg, city.bounds)
+        return pretrain_value(train_orders, train_start, cfg, city.bounds, fare_fn=fare_fn)
 
     values = jnp.stack([value_of(train.subset(tp == k)) for k in range(K)])
     return Market(days=stack_days([d for d, _ in parts]), values=values,

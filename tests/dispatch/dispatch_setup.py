@@ -3,6 +3,8 @@
 The full city and its 2-platform split are padded to common shapes and stacked, so every test
 reuses one compiled ``run_day`` (slices of the stack) and one ``run_platforms``.
 """
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -47,9 +49,12 @@ def stacked_days(small_city):
         small_city.orders, small_city.drivers, op, dp, len(SHARES))
     days = []
     for k, (orders, drivers) in enumerate(parts):
-        day, info = build_day(orders, drivers, SMALL, bounds=CHENGDU_BOUNDS,
-                              day_start=CITY.day_start, t_start_s=CITY.start_hour * 3600,
-                              num_batches=NUM_BATCHES, seed=k)
+        with warnings.catch_warnings():
+            # the pool is small on purpose (overflow is exercised): no "raise max_pending" hint
+            warnings.filterwarnings("ignore", message="sim.max_pending", category=UserWarning)
+            day, info = build_day(orders, drivers, SMALL, bounds=CHENGDU_BOUNDS,
+                                  day_start=CITY.day_start, t_start_s=CITY.start_hour * 3600,
+                                  num_batches=NUM_BATCHES, seed=k)
         assert info.num_orders > 20 and info.num_drivers > 10
         days.append(day)
     return stack_days(days)

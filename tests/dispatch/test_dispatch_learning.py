@@ -110,7 +110,8 @@ def test_edge_weights_match_numpy(mid_state):
             if kind == "myopic":
                 ref = p_done * p.fare[slot]
             elif kind == "nearest":
-                ref = 1.0 + (2000.0 - dist) / 2000.0
+                # most pairs first: weights in [1, 1 + 1/(n + 1)], n = min(8, 16, 24) pairs
+                ref = 1.0 + (2000.0 - dist) / (2000.0 * (8 + 1))
             else:
                 dt = dist / 3.0 + p.duration[slot]
                 s_next = int((now + dt) // 600)
