@@ -3,15 +3,27 @@ against the heuristic schedulers, on K heterogeneous hospitals.
 
     python -m experiments.hospital --preset quick --out results/hospital --seed 0
 
-Methods (same hospitals, same DQN, same number of environment steps per hospital):
+Methods (same hospitals, same DQN, the same expected number of environment steps per hospital):
 
 * ``fedavg``: one DQN party per hospital, FedAvg of the updates each round (McMahan et al. 2017);
   evaluated with the global model, and ``fedavg_personalized`` with each hospital's model after
   its last local training (the seed's "fine-tune the global model locally");
-* ``local``: one DQN per hospital, nothing shared;
+* ``local``: one DQN per hospital, nothing shared. It follows the same client-sampling schedule
+  as ``fedavg`` (``fed.sampling``, ``clients_per_round`` / ``sampling_rate``): a hospital trains
+  only in the rounds it is sampled for, so both collect the same expected experience (dropout
+  does not apply: nothing is sent);
 * ``centralized``: one DQN acting in all hospitals and learning from the pooled experience with a
-  K-times larger batch (the privacy-free upper reference);
+  K-times larger batch (the privacy-free upper reference). Under client sampling with
+  participation rate p it runs round(p * local_steps) steps a round in every hospital, the
+  experience a party collects in expectation (``centralized_local_steps``); local_steps under
+  the defaults (everyone every round);
+* ``fedavg_quantized`` (opt-in, ``methods``): FedAvg over ``quantize_bits``-bit compressed
+  updates (unbiased stochastic rounding, per-client float32 scale), trained with FedAvg's key;
 * heuristics: FIFO, strict priority, c-mu, accumulating priority, classic MLFQ, random.
+
+Every federated method also reports its uplink: bytes per participating hospital per round
+(float32 updates: 4 bytes per parameter; quantized: b bits per parameter plus the scale) and the
+expected bytes per round (``results.json`` and a note under the table).
 
 Evaluation uses held-out seeds (keys never used in training) and one metric function
 (``fedrl.envs.hospital.evaluate``'s ``summarize``). Besides the scheduling metrics the table
