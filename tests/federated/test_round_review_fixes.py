@@ -1,6 +1,6 @@
-"""Target sync of local-only training with target_update_every=0, and the server optimizer's
-learning-rate default and momentum range."""
-import jax
+"""Round sync only (target_update_every=0) needs the round sync (its effect on local-only
+training is tested in test_fed_round.py::test_local_only_keeps_parties_apart_and_global_fixed),
+and the server optimizer's learning-rate default and momentum range."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,24 +14,6 @@ from tests import toy_env
 
 ROUND_SYNC_ONLY = DQNConfig(hidden_sizes=(8,), batch_size=8, buffer_capacity=64,
                             learning_starts=8, epsilon_decay_steps=50, target_update_every=0)
-
-
-def test_local_only_round_sync_sets_target_to_the_round_start_weights():
-    dqn = make_dqn(ROUND_SYNC_ONLY, toy_env.NUM_CONTEXTS)
-    rnd = make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(2),
-                               FederatedConfig(num_rounds=2, local_steps=24, aggregation="none",
-                                               update_gating="mask"))  # cheaper to compile
-    state = rnd.init(jax.random.key(0))
-    initial = jax.tree.map(np.array, state.parties.target_params)
-    state, m1 = rnd.step(state, jax.random.key(1))
-    after_round_1 = jax.tree.map(np.array, state.parties.params)
-    state, m2 = rnd.step(state, jax.random.key(1))
-    assert int(m1["updates"]) > 0 and int(m2["updates"]) > 0
-    # Round 2 started by syncing the target to each party's weights after round 1 (before the
-    # fix the target stayed at its random initialisation for the whole run).
-    jax.tree.map(np.testing.assert_array_equal, state.parties.target_params, after_round_1)
-    assert not all(np.array_equal(a, b) for a, b in
-                   zip(jax.tree.leaves(initial), jax.tree.leaves(after_round_1)))
 
 
 def test_round_sync_only_without_round_sync_is_refused():
