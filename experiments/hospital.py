@@ -3,21 +3,34 @@ against the heuristic schedulers, on K heterogeneous hospitals.
 
     python -m experiments.hospital --preset quick --out results/hospital --seed 0
 
-Methods (same hospitals, same DQN, same number of environment steps per hospital):
+Methods (same hospitals, same DQN, the same expected number of environment steps per hospital):
 
 * ``fedavg``: one DQN party per hospital, FedAvg of the updates each round (McMahan et al. 2017);
   evaluated with the global model, and ``fedavg_personalized`` with each hospital's model after
   its last local training (the seed's "fine-tune the global model locally");
-* ``local``: one DQN per hospital, nothing shared;
+* ``local``: one DQN per hospital, nothing shared. It follows the same client-sampling schedule
+  as ``fedavg`` (``fed.sampling``, ``clients_per_round`` / ``sampling_rate``): a hospital trains
+  only in the rounds it is sampled for, so both collect the same expected experience (dropout
+  does not apply: nothing is sent);
 * ``centralized``: one DQN acting in all hospitals and learning from the pooled experience with a
-  K-times larger batch (the privacy-free upper reference);
+  K-times larger batch (the privacy-free upper reference). Under client sampling with
+  participation rate p it runs round(p * local_steps) steps a round in every hospital, the
+  experience a party collects in expectation (``centralized_local_steps``); local_steps under
+  the defaults (everyone every round);
+* ``fedavg_quantized`` (opt-in, ``methods``): FedAvg over ``quantize_bits``-bit compressed
+  updates (unbiased stochastic rounding, per-client float32 scale), trained with FedAvg's key;
 * heuristics: FIFO, strict priority, c-mu, accumulating priority, classic MLFQ, random.
+
+Every federated method also reports its uplink: bytes per participating hospital per round
+(float32 updates: 4 bytes per parameter; quantized: b bits per parameter plus the scale) and the
+expected bytes per round (``results.json`` and a note under the table).
 
 Evaluation uses held-out seeds (keys never used in training) and one metric function
 (``fedrl.envs.hospital.evaluate``'s ``summarize``). Besides the scheduling metrics the table
 reports the seed's evaluation metrics: communication rounds to reach a target return (the
-``target_heuristic``'s), and model quality relative to centralized
-``(R - R_random) / (R_centralized - R_random)``.
+``target_heuristic``'s, strict priority by default; not for ``fedavg_personalized``, whose
+models are not on the learning curve), and model quality relative to centralized
+``(R - R_random) / (R_centralized - R_random)`` (None when centralized did not beat random).
 """
 from __future__ import annotations
 
@@ -35,14 +48,19 @@ from experiments.common import Experiment, Report, RunContext, main, markdown_ta
 from fedrl.agents.dqn import DQN, DQNConfig, EnvFns, make_dqn
 from fedrl.config import require
 from fedrl.envs import hospital
+from fedrl.federated import aggregation
 from fedrl.federated.aggregation import AggregationTransform
-from fedrl.federated.aggregators import AggregatorConfig, build_aggregator
+from fedrl.federated.aggregators import AggregatorConfig, build_aggregator, uplink_bytes_per_party
 from fedrl.federated.round import FederatedConfig, FederatedState, make_federated_round
 from fedrl.results import atomic_save_figure
 
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
 HEURISTIC_NAMES = ("random", "fifo", "strict_priority", "cmu", "accumulating_priority", "mlfq")
-DQN_METHODS = ("fedavg", "local", "centralized")
+DQN_METHODS = ("fedavg", "local", "centralized")        # the default methods
+# Opt-in: FedAvg over b-bit compressed updates (``quantize_bits``), trained with FedAvg's key
+# (a paired comparison: the two differ only by the quantization).
+OPTIONAL_METHODS = ("fedavg_quantized",)
+FEDERATED_METHODS = ("fedavg", "fedavg_quantized")
 
 # Columns of the main table: (metric key, header, format).
 COLUMNS = (("acuity_weighted_wait", "acuity-wtd wait (min)"),
@@ -66,20 +84,30 @@ class HospitalExperimentConfig:
     env: hospital.HospitalConfig = hospital.HospitalConfig()
     dqn: DQNConfig = DQNConfig()
     fed: FederatedConfig = FederatedConfig()
-    aggregator: AggregatorConfig = AggregatorConfig()   # fedavg | secure | dp | dp_secure
+    aggregator: AggregatorConfig = AggregatorConfig()   # fedavg | quantized | secure | dp | dp_secure
     methods: tuple[str, ...] = DQN_METHODS
     heuristics: tuple[str, ...] = HEURISTIC_NAMES
+    quantize_bits: int = 8            # fedavg_quantized: bits per update coordinate
     eval_episodes: int = 4            # held-out episodes per hospital for the final table
     curve_episodes: int = 1           # episodes per hospital for each learning-curve point
     eval_every: int = 5               # rounds between learning-curve points
     checkpoint_every: int = 5         # rounds between checkpoints (for --resume)
-    target_heuristic: str = "fifo"    # "rounds to target" = first round beating this return
+    # "rounds to target" = first curve round beating this heuristic's return in its own
+    # environment. strict priority, not FIFO: FIFO (no aging) returns less than random, so
+    # every DQN method beat it at the first curve point and the metric told them apart by
+    # nothing.
+    target_heuristic: str = "strict_priority"
 
     def validate(self) -> None:
         require(self.num_hospitals >= 1,
                 f"num_hospitals must be >= 1 (zero parties cannot federate), got {self.num_hospitals}")
-        unknown = [m for m in self.methods if m not in DQN_METHODS]
-        require(not unknown, f"methods has unknown entries {unknown}; valid: {list(DQN_METHODS)}")
+        valid = DQN_METHODS + OPTIONAL_METHODS
+        unknown = [m for m in self.methods if m not in valid]
+        require(not unknown, f"methods has unknown entries {unknown}; valid: {list(valid)}")
+        require(isinstance(self.quantize_bits, int)
+                and 2 <= self.quantize_bits <= aggregation.MAX_QUANTIZE_BITS,
+                f"quantize_bits must be an integer in [2, {aggregation.MAX_QUANTIZE_BITS}], "
+                f"got {self.quantize_bits!r}")
         bad = [h for h in self.heuristics if h not in hospital.HEURISTICS]
         require(not bad, f"heuristics has unknown entries {bad}; valid: {sorted(hospital.HEURISTICS)}")
         require(self.target_heuristic in hospital.HEURISTICS,
@@ -93,6 +121,14 @@ class HospitalExperimentConfig:
         require(not self.aggregator.is_dp or self.fed.sampling == "poisson",
                 f"aggregator.kind={self.aggregator.kind} needs fed.sampling='poisson' (the "
                 "accountant models Poisson client sampling)")
+        # A party stores at most num_rounds * local_steps transitions (the centralized agent K
+        # times as many, with K-times larger learning_starts and batch: the same condition);
+        # updates wait for max(learning_starts, batch_size) of them.
+        horizon = self.fed.num_rounds * self.fed.local_steps
+        require(max(self.dqn.learning_starts, self.dqn.batch_size) < horizon,
+                f"dqn.learning_starts={self.dqn.learning_starts} (and dqn.batch_size="
+                f"{self.dqn.batch_size}) must be below fed.num_rounds * fed.local_steps = "
+                f"{horizon}: the DQN would never update")
 
 
 def smoke() -> HospitalExperimentConfig:
@@ -219,6 +255,21 @@ def curve_key(eval_key: jax.Array) -> jax.Array:
 
 
 # -- training ----------------------------------------------------------------------------------
+def participation_rate(fed: FederatedConfig, num_parties: int) -> float:
+    """Probability that a party trains in a given round: clients_per_round / K for a fixed
+    cohort (0 = every party), the rate q under Poisson sampling."""
+    if fed.sampling == "poisson":
+        return float(fed.sampling_rate)
+    return (fed.clients_per_round or num_parties) / num_parties
+
+
+def centralized_local_steps(fed: FederatedConfig, num_parties: int) -> int:
+    """Steps per round of the centralized agent: round(p * local_steps), p the participation
+    rate, so that every hospital gives it the experience it gives its party in expectation
+    (p * local_steps transitions per round); local_steps itself under the defaults (p = 1)."""
+    return max(1, round(participation_rate(fed, num_parties) * fed.local_steps))
+
+
 def method_setup(method: str, cfg: HospitalExperimentConfig, env_params):
     """(DQN, FederatedConfig, env params [P, E, ...]) of a DQN method."""
     k = cfg.num_hospitals
@@ -228,11 +279,24 @@ def method_setup(method: str, cfg: HospitalExperimentConfig, env_params):
         dqn_cfg = dataclasses.replace(cfg.dqn, batch_size=cfg.dqn.batch_size * k,
                                       buffer_capacity=cfg.dqn.buffer_capacity * k,
                                       learning_starts=cfg.dqn.learning_starts * k)
+        # Client sampling: a party trains in a round with probability p, so the parties (FedAvg
+        # and local-only alike) collect p * local_steps transitions per hospital per round in
+        # expectation. The centralized agent runs all K hospitals for round(p * local_steps)
+        # steps instead: the same expected experience per hospital, the same expected number of
+        # sampled transitions (its batch is K times a party's) and the same expected per-agent
+        # step count (epsilon schedule) as a party [reconstructed]. Masking hospitals with a
+        # per-round draw instead would keep local_steps updates a round on p times less data
+        # (a 1/p times higher replay ratio) and decay epsilon 1/p times faster. Dropout is not
+        # mirrored: a party that drops after training keeps its experience in its replay
+        # buffer (only this round's update is lost), so it collects as much as a party that
+        # stays. min_local_fraction applies as for a party (one budget draw a round).
         fed_cfg = dataclasses.replace(cfg.fed, aggregation="none", clients_per_round=0,
-                                      sampling="fixed", dropout_rate=0.0)
+                                      sampling="fixed", dropout_rate=0.0,
+                                      local_steps=centralized_local_steps(cfg.fed, k))
         stacked = jax.tree.map(lambda x: x[None], env_params)
         return make_dqn(dqn_cfg, hospital.NUM_ACTIONS), fed_cfg, stacked
-    fed_cfg = cfg.fed if method == "fedavg" else dataclasses.replace(cfg.fed, aggregation="none")
+    fed_cfg = (cfg.fed if method in FEDERATED_METHODS
+               else dataclasses.replace(cfg.fed, aggregation="none"))
     stacked = jax.tree.map(lambda x: x[:, None], env_params)
     return make_dqn(cfg.dqn, hospital.NUM_ACTIONS), fed_cfg, stacked
 
@@ -248,8 +312,9 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
     """
     label = label or method
     dqn, fed_cfg, stacked = method_setup(method, cfg, env_params)
-    if aggregator is None and method == "fedavg":
-        aggregator, _ = build_aggregator(cfg.aggregator, cfg.num_hospitals, fed_cfg)
+    if aggregator is None and method in FEDERATED_METHODS:
+        aggregator, _ = build_aggregator(method_aggregator(method, cfg), cfg.num_hospitals,
+                                         fed_cfg)
     rnd = make_federated_round(dqn, ENV, stacked, fed_cfg, aggregator)
     state: FederatedState = rnd.init(jax.random.fold_in(key, 0))
     curve = np.full((fed_cfg.num_rounds,), np.nan)
@@ -283,10 +348,18 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
                                "devices": rnd.num_devices}
 
 
+def method_aggregator(method: str, cfg: HospitalExperimentConfig) -> AggregatorConfig:
+    """The aggregation of a federated method: ``cfg.aggregator`` for fedavg; b-bit quantized
+    FedAvg (``cfg.quantize_bits``) for fedavg_quantized."""
+    if method == "fedavg_quantized":
+        return AggregatorConfig(kind="quantized", quantize_bits=cfg.quantize_bits)
+    return cfg.aggregator
+
+
 def eval_params(method: str, state: FederatedState, personalized: bool = False):
     """(params, shared) evaluated for a method: the global model, per-hospital models, or the
     centralized agent's."""
-    if method == "fedavg" and not personalized:
+    if method in FEDERATED_METHODS and not personalized:
         return state.global_params, True
     if method == "centralized":
         return jax.tree.map(lambda x: x[0], state.parties.params), True
@@ -324,6 +397,9 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
     fed_aggregator, privacy = build_aggregator(cfg.aggregator, cfg.num_hospitals, cfg.fed)
     curves = {}
     for i, method in enumerate(cfg.methods):
+        # fedavg_quantized trains with FedAvg's key (paired: only the quantization differs).
+        key_index = (cfg.methods.index("fedavg") if method == "fedavg_quantized"
+                     and "fedavg" in cfg.methods else i)
         saved = ctx.done(method)
         if saved is not None:
             methods.update(saved["methods"])
@@ -331,8 +407,24 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
             curves[method] = np.asarray(saved["curve"], dtype=float)
             continue
         state, dqn, curve, timing = train_method(
-            method, cfg, env_params, jax.random.fold_in(master, 10 + i), ctx,
+            method, cfg, env_params, jax.random.fold_in(master, 10 + key_index), ctx,
             aggregator=fed_aggregator if method == "fedavg" else None, eval_key=eval_key)
+        num_params = sum(int(x.size) for x in jax.tree.leaves(state.global_params))
+        fed_cfg = method_setup(method, cfg, env_params)[1]
+        if method in FEDERATED_METHODS:
+            agg_cfg = method_aggregator(method, cfg)
+            per_party = uplink_bytes_per_party(agg_cfg, num_params)
+            expected = (participation_rate(fed_cfg, cfg.num_hospitals) * cfg.num_hospitals
+                        * (1.0 - fed_cfg.dropout_rate))
+            uplink = {"aggregator": agg_cfg.kind, "num_params": num_params,
+                      "uplink_bits_per_param": (agg_cfg.quantize_bits
+                                                if agg_cfg.kind == "quantized" else 32),
+                      "uplink_bytes_per_party_round": per_party,
+                      "expected_uplink_bytes_per_round": per_party * expected}
+        else:  # nothing leaves a hospital (local) / raw experience pooled (centralized)
+            uplink = {"aggregator": None, "num_params": num_params,
+                      "uplink_bits_per_param": None, "uplink_bytes_per_party_round": None,
+                      "expected_uplink_bytes_per_round": None}
         compile_s += timing["compile_s"]
         variants = [(method, False)] + ([(f"{method}_personalized", True)]
                                         if method == "fedavg" else [])
@@ -342,9 +434,7 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
             hosp = evaluate_dqn(dqn, params, env_params, eval_key, cfg.eval_episodes,
                                 shared_model=shared)
             result["per_hospital"][label] = hosp
-            result["methods"][label] = {"kind": "dqn", **mean_metrics(hosp),
-                                        "aggregator": cfg.aggregator.kind if method == "fedavg"
-                                        else None,
+            result["methods"][label] = {"kind": "dqn", **mean_metrics(hosp), **uplink,
                                         "privacy": privacy if method == "fedavg" else None,
                                         "train_time_s": timing["train_s"],
                                         "compile_time_s": timing["compile_s"],
@@ -364,22 +454,42 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
 
 
 def _add_relative_metrics(cfg, methods, curves, target):
+    """quality_vs_centralized and rounds_to_target of every DQN row (in place).
+
+    Quality is None when centralized did not beat random (R_central <= R_random): the ratio's
+    denominator would be <= 0 and rank the methods backwards. The personalized row gets no
+    rounds to target: its models are never evaluated on the learning curve (the curve is the
+    global model's)."""
     random_r = methods.get("random", {}).get("episode_return")
     central_r = methods.get("centralized", {}).get("episode_return")
     for name, m in methods.items():
         if m.get("kind") != "dqn":
             continue
-        if random_r is not None and central_r is not None and central_r != random_r:
-            m["quality_vs_centralized"] = (m["episode_return"] - random_r) / (central_r - random_r)
-        base = name.replace("_personalized", "")
-        if target is not None and base in curves:
-            m["rounds_to_target"] = rounds_to_target(curves[base], target)
+        if random_r is not None and central_r is not None:
+            m["quality_vs_centralized"] = ((m["episode_return"] - random_r)
+                                           / (central_r - random_r)
+                                           if central_r > random_r else None)
+        if target is not None and name in curves:
+            m["rounds_to_target"] = rounds_to_target(curves[name], target)
 
 
 def _fmt(x):
     if x is None:
         return "n/a"
     return x
+
+
+def _uplink_format(m) -> str:
+    d, bits = m["num_params"], m["uplink_bits_per_param"]
+    if m["aggregator"] == "quantized":
+        return f"{d:,} parameters at {bits} bits + float32 scale and weight"
+    return f"{d:,} parameters at {bits} bits, aggregator `{m['aggregator']}`"
+
+
+def _central_not_above_random(methods) -> bool:
+    random_r = methods.get("random", {}).get("episode_return")
+    central_r = methods.get("centralized", {}).get("episode_return")
+    return random_r is not None and central_r is not None and central_r <= random_r
 
 
 def _tables(cfg, methods, per_hospital, visits) -> str:
@@ -398,9 +508,13 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
             f"{cfg.fed.num_rounds} rounds x {cfg.fed.local_steps} local steps, "
             f"{cfg.eval_episodes} held-out episodes per hospital (means over hospitals)\n",
             markdown_table(header, rows, digits=3),
-            f"\nRounds to target: first evaluated round whose held-out return beats "
-            f"`{cfg.target_heuristic}` on the same curve episodes. Quality vs central: "
-            "(R - R_random)/(R_central - R_random). "
+            f"\nRounds to target: first evaluated round (every {cfg.eval_every}) whose held-out "
+            f"return beats `{cfg.target_heuristic}` (in its own environment) on the same curve "
+            "episodes; n/a: never; `-` for `fedavg_personalized`, whose per-hospital models are "
+            "not on the learning curve. Quality vs central: "
+            "(R - R_random)/(R_central - R_random)"
+            + (" (n/a: centralized did not beat random, so the ratio would rank the methods "
+               "backwards). " if _central_not_above_random(methods) else ". ") +
             "D2P: door to provider of the seen patients; never seen: share of queued patients "
             "not seen (LWBS, transferred, waiting at the horizon). Seen in target: over all "
             "queued patients (LWBS, transferred and still-waiting-past-target count as misses; "
@@ -414,6 +528,16 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
     if partial:
         text.append("Means over fewer hospitals (metric undefined elsewhere): "
                     + "; ".join(partial) + ".\n")
+    uplink = [(name, m) for name, m in methods.items() if name in FEDERATED_METHODS
+              and m.get("uplink_bytes_per_party_round") is not None]
+    if uplink:
+        text.append("Communication (uplink, payload only): "
+                    + "; ".join(f"`{name}` {m['uplink_bytes_per_party_round']:,} bytes per "
+                                f"participating hospital per round "
+                                f"({_uplink_format(m)}), "
+                                f"{m['expected_uplink_bytes_per_round']:,.0f} expected per round"
+                                for name, m in uplink)
+                    + f". `local` sends nothing; `centralized` pools raw experience.\n")
     record = methods.get("fedavg", {}).get("privacy")
     if record:
         text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "

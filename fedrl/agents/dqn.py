@@ -44,7 +44,8 @@ class DQNConfig:
     buffer_capacity: int = 20_000
     learning_starts: int = 500        # transitions stored before the first gradient update
     train_every: int = 1              # env steps between gradient updates (per agent)
-    target_update_every: int = 500    # gradient updates between target syncs (0: round sync only)
+    target_update_every: int = 500    # gradient updates between target syncs (0: round sync
+                                      # only, at each round start; see fed.sync_target_each_round)
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 20_000  # env steps (per agent) of linear decay
@@ -60,6 +61,13 @@ class DQNConfig:
         for name in ("batch_size", "buffer_capacity", "train_every"):
             require(int(getattr(self, name)) >= 1, f"dqn.{name} must be >= 1")
         require(self.learning_starts >= 0, "dqn.learning_starts must be >= 0")
+        # Updates wait for buffer.size >= max(learning_starts, batch_size) and the buffer never
+        # holds more than buffer_capacity transitions: past it the DQN would never train.
+        require(max(self.batch_size, self.learning_starts) <= self.buffer_capacity,
+                f"dqn.batch_size={self.batch_size} and dqn.learning_starts="
+                f"{self.learning_starts} must not exceed dqn.buffer_capacity="
+                f"{self.buffer_capacity}: the replay buffer would never hold enough transitions "
+                "and the DQN would never update")
         require(self.target_update_every >= 0, "dqn.target_update_every must be >= 0")
         require_in_range("dqn.epsilon_start", self.epsilon_start, 0.0, 1.0)
         require_in_range("dqn.epsilon_end", self.epsilon_end, 0.0, 1.0)

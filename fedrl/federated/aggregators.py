@@ -1,4 +1,5 @@
-"""Choose a federated round's aggregation by config: FedAvg, DP-FedAvg, secure, DP + secure.
+"""Choose a federated round's aggregation by config: FedAvg, quantized FedAvg, DP-FedAvg,
+secure, DP + secure.
 
 One frozen dataclass (:class:`AggregatorConfig`) names the aggregation and its parameters;
 :func:`build_aggregator` turns it into the chain of :mod:`fedrl.federated.aggregation` and, for
@@ -6,6 +7,9 @@ DP runs, the privacy record (epsilon, delta, accountant and its parameters) that
 result stores.
 
 * ``fedavg``: weighted mean (McMahan et al., AISTATS 2017);
+* ``quantized``: the same mean of updates compressed to ``quantize_bits`` bits per coordinate
+  plus one float32 scale per client (unbiased stochastic rounding, Suresh et al., ICML 2017;
+  :func:`~fedrl.federated.aggregation.scaled_stochastic_quantize`);
 * ``secure``: the same mean through mask-based secure aggregation (Bonawitz et al., CCS 2017);
 * ``dp``: DP-FedAvg (McMahan, Ramage, Talwar, Zhang, ICLR 2018): clip to C, sum, Gaussian noise
   of std z*C on the sum, divide by the expected cohort q*N; needs Poisson client sampling;
@@ -24,12 +28,14 @@ from fedrl.federated.round import FederatedConfig
 from fedrl.privacy.accounting import DPConfig
 from fedrl.privacy.quantization import FixedPoint
 
-KINDS = ("fedavg", "secure", "dp", "dp_secure")
+KINDS = ("fedavg", "quantized", "secure", "dp", "dp_secure")
+FLOAT32_BYTES = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class AggregatorConfig:
-    kind: Literal["fedavg", "secure", "dp", "dp_secure"] = "fedavg"
+    kind: Literal["fedavg", "quantized", "secure", "dp", "dp_secure"] = "fedavg"
+    quantize_bits: int = 8             # quantized: bits per update coordinate
     clip_norm: float = 1.0             # DP: L2 bound C of one party's update
     noise_multiplier: float = 1.0      # DP: z (noise std z*C on the sum)
     delta: float = 1e-5                # DP: target delta of the reported epsilon
@@ -46,6 +52,10 @@ class AggregatorConfig:
         require(self.accountant in ("pld", "rdp"),
                 f"aggregator.accountant must be 'pld' or 'rdp', got {self.accountant!r}")
         require_positive("aggregator.secure_value_bound", self.secure_value_bound)
+        require(isinstance(self.quantize_bits, int)
+                and 2 <= self.quantize_bits <= aggregation.MAX_QUANTIZE_BITS,
+                f"aggregator.quantize_bits must be an integer in "
+                f"[2, {aggregation.MAX_QUANTIZE_BITS}], got {self.quantize_bits!r}")
 
     @property
     def is_dp(self) -> bool:
@@ -58,6 +68,8 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
     cfg.validate()
     if cfg.kind == "fedavg":
         return aggregation.fedavg(), None
+    if cfg.kind == "quantized":
+        return aggregation.quantized_fedavg(cfg.quantize_bits), None
     if cfg.kind == "secure":
         # Room for every party's value in the signed 32-bit ring: K * B * scale < 2^31.
         fp = FixedPoint(scale=2.0 ** 30 / (cfg.secure_value_bound * num_parties), bits=32,
@@ -78,3 +90,26 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
         return aggregation.dp_fedavg(cfg.clip_norm, cfg.noise_multiplier, expected), record
     return aggregation.dp_secure_fedavg(cfg.clip_norm, cfg.noise_multiplier, expected,
                                         use_self_masks=cfg.self_masks), record
+
+
+def uplink_bytes_per_party(cfg: AggregatorConfig, num_params: int) -> int:
+    """Bytes one participating party sends the server per round for a model of ``num_params``
+    float32 parameters (payload only: secure aggregation's key agreement and any transport
+    framing are not counted).
+
+    * ``fedavg``: the update in float32 (4 bytes/parameter) and its aggregation weight;
+    * ``quantized``: ``quantize_bits`` bits/parameter (packed, rounded up to whole bytes), the
+      float32 scale and the weight;
+    * ``secure``: D + 1 ring elements of 32 bits (the weighted update and its weight tag);
+    * ``dp``, ``dp_secure``: the clipped update, D float32 / 32-bit ring elements (unweighted
+      sum, no weight sent).
+    """
+    cfg.validate()
+    d = int(num_params)
+    if cfg.kind == "fedavg":
+        return FLOAT32_BYTES * (d + 1)
+    if cfg.kind == "quantized":
+        return -(-d * cfg.quantize_bits // 8) + 2 * FLOAT32_BYTES
+    if cfg.kind == "secure":
+        return FLOAT32_BYTES * (d + 1)
+    return FLOAT32_BYTES * d

@@ -54,9 +54,14 @@ class FederatedConfig:
     min_local_fraction: float = 1.0             # local budget ~ U[min_frac, 1] * local_steps
     aggregation: Literal["fedavg", "none"] = "fedavg"
     server_optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
-    server_learning_rate: float = 1.0
+    server_learning_rate: float | None = None   # None: 1.0 for sgd / momentum, 1e-2 for adam
     server_momentum: float = 0.9
+    # Round start: the target network is set to the weights the party starts the round from
+    # (the broadcast global weights; a local-only party's own weights when
+    # dqn.target_update_every=0, "round sync only") [reconstructed].
     sync_target_each_round: bool = True
+    # Round start: fresh Adam moments for each selected party (default: a party's moments
+    # persist across rounds while its weights are overwritten by the broadcast) [reconstructed].
     reset_optimizer_each_round: bool = False
     devices: int = 0                            # devices to spread parties over; 0 = all
                                                 # local ones, at most one per party
@@ -76,20 +81,37 @@ class FederatedConfig:
                 f"fed.aggregation must be 'fedavg' or 'none', got {self.aggregation!r}")
         require(self.server_optimizer in ("sgd", "momentum", "adam"),
                 f"fed.server_optimizer must be sgd|momentum|adam, got {self.server_optimizer!r}")
-        require_positive("fed.server_learning_rate", self.server_learning_rate)
+        if self.server_learning_rate is not None:
+            require_positive("fed.server_learning_rate", self.server_learning_rate)
+        require_in_range("fed.server_momentum", self.server_momentum, 0.0, 1.0, high_open=True)
         require(self.devices >= 0, f"fed.devices must be >= 0 (0 = all local devices), "
                                    f"got {self.devices}")
         require(self.update_gating in ("switch", "mask"),
                 f"fed.update_gating must be 'switch' or 'mask', got {self.update_gating!r}")
 
 
+# Server learning rate when ``fed.server_learning_rate`` is None: FedAvg / FedAvgM apply the
+# averaged update as it is (lr 1); FedAdam normalises it per coordinate, so with lr 1 every
+# weight would move by ~1 per round: 1e-2 is the default of Reddi et al. (ICLR 2021) and of
+# ``fedadam_optimizer``.
+DEFAULT_SERVER_LEARNING_RATE = {"sgd": 1.0, "momentum": 1.0, "adam": 1e-2}
+
+
+def server_learning_rate(cfg: FederatedConfig) -> float:
+    """The configured server learning rate, or the optimizer's default when it is None."""
+    if cfg.server_learning_rate is not None:
+        return float(cfg.server_learning_rate)
+    return DEFAULT_SERVER_LEARNING_RATE[cfg.server_optimizer]
+
+
 def make_server_optimizer(cfg: FederatedConfig) -> optax.GradientTransformation:
     """Plain FedAvg (sgd, lr 1), FedAvgM (momentum) or FedAdam (Reddi et al., ICLR 2021)."""
+    lr = server_learning_rate(cfg)
     if cfg.server_optimizer == "sgd":
-        return optax.sgd(cfg.server_learning_rate)
+        return optax.sgd(lr)
     if cfg.server_optimizer == "momentum":
-        return fedavgm_optimizer(cfg.server_learning_rate, cfg.server_momentum)
-    return fedadam_optimizer(cfg.server_learning_rate)
+        return fedavgm_optimizer(lr, cfg.server_momentum)
+    return fedadam_optimizer(lr)
 
 
 @struct.dataclass
@@ -151,6 +173,9 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             "env_params must be stacked with a leading party axis K and an env axis E")
     num_parties = int(leaves[0].shape[0])
     require(num_parties >= 1, "the federation needs at least one party")
+    require(dqn.config.target_update_every > 0 or cfg.sync_target_each_round,
+            "dqn.target_update_every=0 means 'round sync only' and needs "
+            "fed.sync_target_each_round=True: otherwise the target network is never synced")
     require(cfg.clients_per_round <= num_parties,
             f"fed.clients_per_round={cfg.clients_per_round} exceeds the {num_parties} parties")
     cohort = (cfg.clients_per_round or num_parties) if cfg.sampling == "fixed" else num_parties
@@ -220,6 +245,12 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             if cfg.reset_optimizer_each_round:
                 selected = selected.replace(opt_state=jax.vmap(dqn.optimizer.init)(
                     selected.params))
+        elif cfg.sync_target_each_round and dqn.config.target_update_every == 0:
+            # No broadcast (local-only, centralized): "round sync only" syncs the target to the
+            # party's own online weights at the start of each round; without this the target
+            # would stay at its random initialisation. (With target_update_every > 0 the
+            # agent's own schedule syncs it and a round boundary means nothing to it.)
+            selected = selected.replace(target_params=selected.params)
 
         # 3. Local training of the whole cohort at once. Parties that Poisson sampling left out
         # train too and are discarded below: the cohort then shares one update schedule, which is

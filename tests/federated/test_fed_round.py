@@ -105,13 +105,25 @@ def test_poisson_round_leaves_unsampled_parties_where_they_were():
 
 
 def test_local_only_keeps_parties_apart_and_global_fixed():
-    _, rnd = _round(num_parties=2, aggregation="none")
+    # With target_update_every=0 ("round sync only"), which also checks that a local-only
+    # party syncs its target to its own weights at each round start (it used to stay at its
+    # random initialisation for the whole run: no broadcast, no sync on update).
+    dqn = make_dqn(dataclasses.replace(DQN_CFG, target_update_every=0), toy_env.NUM_CONTEXTS)
+    rnd = make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(2),
+                               FederatedConfig(num_rounds=2, local_steps=60, aggregation="none"))
     state = rnd.init(jax.random.key(0))
     g0 = jax.tree.map(np.asarray, state.global_params)
+    target0 = jax.tree.map(np.array, state.parties.target_params)
     state, _ = rnd.step(state, jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, state.global_params, g0)
     a, b = (jax.tree.map(lambda x: x[i], state.parties.params) for i in range(2))
     assert not np.allclose(jax.tree.leaves(a)[0], jax.tree.leaves(b)[0])
+    after_round_1 = jax.tree.map(np.array, state.parties.params)
+    assert not all(np.array_equal(x, y) for x, y in
+                   zip(jax.tree.leaves(target0), jax.tree.leaves(after_round_1)))
+    state, metrics = rnd.step(state, jax.random.key(1))
+    assert int(metrics["updates"]) > 0
+    jax.tree.map(np.testing.assert_array_equal, state.parties.target_params, after_round_1)
 
 
 def test_round_is_deterministic_and_compiles_once():
