@@ -537,7 +537,7 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
                                 f"({_uplink_format(m)}), "
                                 f"{m['expected_uplink_bytes_per_round']:,.0f} expected per round"
                                 for name, m in uplink)
-                    + f". `local` sends nothing; `centralized` pools raw experience.\n")
+                    + ". `local` sends nothing; `centralized` pools raw experience.\n")
     record = methods.get("fedavg", {}).get("privacy")
     if record:
         text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "

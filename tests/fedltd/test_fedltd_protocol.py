@@ -304,21 +304,24 @@ def test_run_time_knobs_equal_static_configs(market):
     knobs = protocol.Knobs.of(FED, share_decisions=False, epsilon_p=math.inf)
     b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values, knobs)
     assert _tree_equal(a.sim, b.sim)
-    # eps_p = inf and another LSH bucket width by knob (decisions on) equal the statically
-    # configured protocol, and the model knob off equals the static decisions-only protocol
+    # eps_p = inf, another LSH bucket width and the model knob off (decisions on), all by
+    # knob, equal the statically configured protocol; each knob changes this run on its own
+    # (noise, hashes, model rounds), so ignoring any one of them would fail the comparison
     width = 0.6 * FED.lsh.bucket_width_m
-    static = dataclasses.replace(FED, epsilon_p=math.inf, lsh=dataclasses.replace(
-        FED.lsh, bucket_width_m=width))
+    static = dataclasses.replace(FED, epsilon_p=math.inf, share_models=False,
+                                 lsh=dataclasses.replace(FED.lsh, bucket_width_m=width))
     a, _ = protocol.run_fedltd(market.days, keys, pk, CFG, static, market.values)
     b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values,
-                               protocol.Knobs.of(FED, epsilon_p=math.inf, bucket_width_m=width))
+                               protocol.Knobs.of(FED, epsilon_p=math.inf, share_models=False,
+                                                 bucket_width_m=width))
     assert _tree_equal(a.sim, b.sim) and _tree_equal(a.lsh, b.lsh)
     assert float(b.lsh.width) == np.float32(width)
-    static = dataclasses.replace(FED, share_models=False)
-    a, _ = protocol.run_fedltd(market.days, keys, pk, CFG, static, market.values)
-    b, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values,
-                               protocol.Knobs.of(FED, share_models=False))
-    assert _tree_equal(a.sim, b.sim)
+    knobs = dict(epsilon_p=math.inf, share_models=False, bucket_width_m=width)
+    for name in knobs:   # the same compiled program with one knob at its default differs
+        one_off = {k: v for k, v in knobs.items() if k != name}
+        c, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values,
+                                   protocol.Knobs.of(FED, **one_off))
+        assert not _tree_equal(a.sim, c.sim), name
     with pytest.raises(ValueError, match="epsilon_p"):
         protocol.Knobs.of(FED, epsilon_p=0.0)
     for bad in (0.0, -5.0, math.inf, math.nan):
