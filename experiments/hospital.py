@@ -104,10 +104,7 @@ class HospitalExperimentConfig:
         valid = DQN_METHODS + OPTIONAL_METHODS
         unknown = [m for m in self.methods if m not in valid]
         require(not unknown, f"methods has unknown entries {unknown}; valid: {list(valid)}")
-        require(isinstance(self.quantize_bits, int)
-                and 2 <= self.quantize_bits <= aggregation.MAX_QUANTIZE_BITS,
-                f"quantize_bits must be an integer in [2, {aggregation.MAX_QUANTIZE_BITS}], "
-                f"got {self.quantize_bits!r}")
+        aggregation.require_quantize_bits(self.quantize_bits, "quantize_bits")
         bad = [h for h in self.heuristics if h not in hospital.HEURISTICS]
         require(not bad, f"heuristics has unknown entries {bad}; valid: {sorted(hospital.HEURISTICS)}")
         require(self.target_heuristic in hospital.HEURISTICS,

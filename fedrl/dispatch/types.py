@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedrl.config import require, require_in_range, require_positive
+from fedrl.matching.auction import DEFAULT_BIDDERS_PER_ROUND
 
 OFFLINE, IDLE, BUSY = 0, 1, 2
 
@@ -24,8 +25,8 @@ OFFLINE, IDLE, BUSY = 0, 1, 2
 # switch into running every class for every platform (the full 3-platform day 2.5x slower,
 # docs/dispatch.md). Each platform still gets its own class's result (``solve_graph``).
 PLATFORM_AXIS = "batched_platforms"
-# The auction's default bidders per round (fedrl.matching.auction); see SimConfig.validate.
-AUCTION_BIDDERS = 4
+# The auction's default bidders per round; see SimConfig.validate.
+AUCTION_BIDDERS = DEFAULT_BIDDERS_PER_ROUND
 
 
 def _is_int(value) -> bool:

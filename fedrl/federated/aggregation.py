@@ -259,6 +259,13 @@ def stochastic_quantize(fp: FixedPoint) -> AggregationTransform:
 MAX_QUANTIZE_BITS = 16
 
 
+def require_quantize_bits(bits, name: str = "quantization bits") -> None:
+    """ConfigError naming ``name`` unless ``bits`` is an integer in [2, MAX_QUANTIZE_BITS]."""
+    require(isinstance(bits, int) and not isinstance(bits, bool)
+            and 2 <= bits <= MAX_QUANTIZE_BITS,
+            f"{name} must be an integer in [2, {MAX_QUANTIZE_BITS}], got {bits!r}")
+
+
 def quantization_levels(bits: int) -> int:
     """Levels per sign of a ``bits``-bit signed code: 2^(bits-1) - 1 (codes -L..L)."""
     return 2 ** (bits - 1) - 1
@@ -277,8 +284,7 @@ def scaled_stochastic_quantize(bits: int) -> AggregationTransform:
     clip large updates (biased) or waste levels on small ones; 4 bytes per client buy neither.
     An all-zero update is sent as zeros (scale 1).
     """
-    require(isinstance(bits, int) and 2 <= bits <= MAX_QUANTIZE_BITS,
-            f"quantization bits must be an integer in [2, {MAX_QUANTIZE_BITS}], got {bits!r}")
+    require_quantize_bits(bits)
     levels = quantization_levels(bits)
     inner = stochastic_quantize(FixedPoint(scale=float(levels), bits=bits, value_bound=1.0))
 

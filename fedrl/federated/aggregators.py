@@ -52,10 +52,7 @@ class AggregatorConfig:
         require(self.accountant in ("pld", "rdp"),
                 f"aggregator.accountant must be 'pld' or 'rdp', got {self.accountant!r}")
         require_positive("aggregator.secure_value_bound", self.secure_value_bound)
-        require(isinstance(self.quantize_bits, int)
-                and 2 <= self.quantize_bits <= aggregation.MAX_QUANTIZE_BITS,
-                f"aggregator.quantize_bits must be an integer in "
-                f"[2, {aggregation.MAX_QUANTIZE_BITS}], got {self.quantize_bits!r}")
+        aggregation.require_quantize_bits(self.quantize_bits, "aggregator.quantize_bits")
 
     @property
     def is_dp(self) -> bool:

@@ -404,11 +404,17 @@ def _options(max_iters, *, eps_start, eps_factor, eps_final, tol, reverse_each_p
                     exact_integer, reset_stale, first_rounds, bidders_per_round)
 
 
+# Default bidders per round of the compacted bidding core (module docstring); dispatch's
+# size-class rule for vmapped platforms depends on it (fedrl.dispatch.types.SimConfig).
+DEFAULT_BIDDERS_PER_ROUND = 4
+
+
 def auction_match(weights, mask=None, *, eps_start: float = 0.02, eps_factor: float = 0.1,
                   eps_final: float | None = None, tol: float = 1e-3, max_iters: int = 100_000,
                   reverse_each_phase: bool = True, warm_start: bool = True,
                   exact_integer: bool = True, reset_stale: bool = False,
-                  first_rounds: int = 16, bidders_per_round: int | None = 4,
+                  first_rounds: int = 16,
+                  bidders_per_round: int | None = DEFAULT_BIDDERS_PER_ROUND,
                   allow_nonpositive: bool = False, eps_size=None) -> MatchResult:
     """Max-weight matching by a Jacobi forward/reverse auction with epsilon scaling.
 
