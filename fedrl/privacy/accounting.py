@@ -164,7 +164,8 @@ class DPConfig:
     def record(self, rounds_run: int | None = None) -> dict:
         """The dict a DP run stores under ``"privacy"`` in results.json.
 
-        ``rounds_run`` (default ``rounds``) lets a run stopped early report what it spent.
+        ``rounds_run`` (default ``rounds``) lets a run stopped early report what it spent; more
+        than ``rounds`` is a ConfigError.
         """
         self.validate()
         t = self.rounds if rounds_run is None else rounds_run
@@ -172,6 +173,11 @@ class DPConfig:
                 f"DPConfig.record: rounds_run must be an integer >= 0 (rounds actually run), "
                 f"got {rounds_run!r}")
         t = int(t)
+        # More rounds than planned spend more than the configured budget: the plan (and every
+        # epsilon derived from it) was wrong, which a record must not hide.
+        require(t <= self.rounds,
+                f"DPConfig.record: rounds_run={t} exceeds the configured dp.rounds="
+                f"{self.rounds}; raise dp.rounds to the rounds actually run")
         eps = (epsilon(self.noise_multiplier, self.sampling_rate, t, self.delta,
                        self.accountant) if t >= 1 else 0.0)
         other = "rdp" if self.accountant == "pld" else "pld"

@@ -1,5 +1,6 @@
 """Regression: accounting and mechanisms take NumPy / JAX scalars (np.int64 rounds used to
-crash inside dp-accounting), validate them like Python numbers, and refuse negative rounds_run."""
+crash inside dp-accounting), validate them like Python numbers, and refuse negative rounds_run
+or more rounds than the configured budget."""
 import math
 
 import jax
@@ -23,7 +24,7 @@ def test_numpy_and_jax_arguments_give_the_python_epsilon():
     assert z == pytest.approx(2.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("rounds_run", [-3, 1.5, True])
+@pytest.mark.parametrize("rounds_run", [-3, 1.5, True, 101])
 def test_record_refuses_negative_or_non_integer_rounds_run(rounds_run):
     with pytest.raises(ConfigError, match="rounds_run"):
         accounting.DPConfig(accountant="rdp").record(rounds_run=rounds_run)
