@@ -21,6 +21,27 @@ FedAvg (McMahan et al., AISTATS 2017) applied to DQN agents, one per party (hosp
 Every key is derived from the round key with ``fold_in`` (per round and per party id), so a run
 is reproducible and parties never share exploration noise. ``aggregation="none"`` gives the
 local-only baseline (no broadcast, no sharing).
+
+Two non-IID variants (both off by default; the default round is bit-identical to the round
+without them):
+
+* ``personal_layers`` = n > 0, FedPer (Arivazhagan et al., "Federated Learning with
+  Personalization Layers", arXiv:1912.00818, 2019; :mod:`fedrl.federated.personalization`):
+  the last n Dense layers of each party's Q-network are its own. The broadcast (2) overwrites
+  only the shared body, online and (with ``sync_target_each_round``) target nets getting the
+  global body with the party's own online head; only the shared leaves are sent, clipped,
+  quantized and averaged (4-5); the server's copy of the head leaves keeps its initial value
+  (it is never broadcast). Each party acts with the global body + its own head
+  (:func:`party_models`).
+* ``num_clusters`` = C > 1, IFCA (Ghosh et al., "An Efficient Framework for Clustered
+  Federated Learning", NeurIPS 2020; :mod:`fedrl.federated.clustering`): the state is a
+  :class:`ClusteredFederatedState` with C models (leading axis C, independent random
+  initialisations) and each party's cluster. Before the broadcast every sampled party
+  evaluates each cluster model's TD loss on one batch of its replay buffer and joins the
+  argmin (a party whose buffer holds less than a batch keeps its cluster); it receives that
+  cluster's model, and the aggregation and server step run per cluster (``vmap`` over
+  clusters, mask = participating & member, key ``fold_in(k_agg, c)``, one server optimizer
+  state per cluster). A cluster without participants keeps its model and server state.
 """
 from __future__ import annotations
 
