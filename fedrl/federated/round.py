@@ -169,7 +169,7 @@ class ClusteredFederatedState(FederatedState):
     ``aggregator_state`` carry a leading cluster axis C (one server per cluster), and
     ``clusters`` [K] int32 is each party's last chosen cluster. With C = 1 the round keeps the
     plain :class:`FederatedState` (same pytree, same checkpoints)."""
-    clusters: jax.Array = None
+    clusters: jax.Array        # [K] int32
 
 
 def party_models(state: FederatedState, cfg: FederatedConfig) -> PyTree:
