@@ -181,7 +181,7 @@ def test_ifca_averages_within_clusters_and_keeps_empty_clusters():
     state = rnd.init(jax.random.key(1))
     for _ in range(2):
         before = _copy(state)
-        state, metrics = rnd.step(state, jax.random.key(2))
+        state, _ = rnd.step(state, jax.random.key(2))
         chosen = np.asarray(state.clusters)
         steps = np.asarray(state.parties.steps) - np.asarray(before.parties.steps)
         for c in range(3):
