@@ -19,6 +19,13 @@ Methods (same hospitals, same DQN, the same expected number of environment steps
   the defaults (everyone every round);
 * ``fedavg_quantized`` (opt-in, ``methods``): FedAvg over ``quantize_bits``-bit compressed
   updates (unbiased stochastic rounding, per-client float32 scale), trained with FedAvg's key;
+* ``fedper`` (opt-in): FedPer (Arivazhagan et al. 2019), the last ``personal_layers`` Dense
+  layers of each hospital's Q-network stay local (shared representation + hospital-specific
+  head); evaluated with each hospital's own model (global body + own head);
+* ``fedavg_clustered`` (opt-in): IFCA (Ghosh et al. 2020), ``num_clusters`` server models, each
+  hospital joining the one of least TD loss on its replay buffer each round; evaluated with
+  each hospital's last chosen cluster model (assignments in ``results.json`` and the table);
+  both opt-in methods use plain FedAvg aggregation and FedAvg's training key;
 * heuristics: FIFO, strict priority, c-mu, accumulating priority, classic MLFQ, random.
 
 Every federated method also reports its uplink: bytes per participating hospital per round
@@ -51,7 +58,9 @@ from fedrl.envs import hospital
 from fedrl.federated import aggregation
 from fedrl.federated.aggregation import AggregationTransform
 from fedrl.federated.aggregators import AggregatorConfig, build_aggregator, uplink_bytes_per_party
-from fedrl.federated.round import FederatedConfig, FederatedState, make_federated_round
+from fedrl.federated.personalization import num_shared_params
+from fedrl.federated.round import (FederatedConfig, FederatedState, make_federated_round,
+                                   party_models)
 from fedrl.results import atomic_save_figure
 
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
@@ -59,8 +68,10 @@ HEURISTIC_NAMES = ("random", "fifo", "strict_priority", "cmu", "accumulating_pri
 DQN_METHODS = ("fedavg", "local", "centralized")        # the default methods
 # Opt-in: FedAvg over b-bit compressed updates (``quantize_bits``), trained with FedAvg's key
 # (a paired comparison: the two differ only by the quantization).
-OPTIONAL_METHODS = ("fedavg_quantized",)
-FEDERATED_METHODS = ("fedavg", "fedavg_quantized")
+OPTIONAL_METHODS = ("fedavg_quantized", "fedper", "fedavg_clustered")
+FEDERATED_METHODS = ("fedavg", "fedavg_quantized", "fedper", "fedavg_clustered")
+# Methods evaluated with one model per hospital (fed.party_models), not the global model.
+PER_HOSPITAL_METHODS = ("fedper", "fedavg_clustered")
 
 # Columns of the main table: (metric key, header, format).
 COLUMNS = (("acuity_weighted_wait", "acuity-wtd wait (min)"),
@@ -88,6 +99,8 @@ class HospitalExperimentConfig:
     methods: tuple[str, ...] = DQN_METHODS
     heuristics: tuple[str, ...] = HEURISTIC_NAMES
     quantize_bits: int = 8            # fedavg_quantized: bits per update coordinate
+    personal_layers: int = 1          # fedper: last Dense layers kept local (the Q head)
+    num_clusters: int = 2             # fedavg_clustered: IFCA cluster models
     eval_episodes: int = 4            # held-out episodes per hospital for the final table
     curve_episodes: int = 1           # episodes per hospital for each learning-curve point
     eval_every: int = 5               # rounds between learning-curve points
@@ -105,6 +118,19 @@ class HospitalExperimentConfig:
         unknown = [m for m in self.methods if m not in valid]
         require(not unknown, f"methods has unknown entries {unknown}; valid: {list(valid)}")
         aggregation.require_quantize_bits(self.quantize_bits, "quantize_bits")
+        dense = len(self.dqn.hidden_sizes) + 1
+        require(isinstance(self.personal_layers, int) and not isinstance(self.personal_layers, bool)
+                and 1 <= self.personal_layers < dense,
+                f"personal_layers must be an integer in [1, {dense - 1}] (the Q-network has "
+                f"{dense} Dense layers and at least one must stay shared), got "
+                f"{self.personal_layers!r}")
+        require(isinstance(self.num_clusters, int) and not isinstance(self.num_clusters, bool)
+                and self.num_clusters >= 2,
+                f"num_clusters must be an integer >= 2 (1 is fedavg), got {self.num_clusters!r}")
+        require(self.fed.personal_layers == 0 and self.fed.num_clusters == 1,
+                "set personal_layers / num_clusters and add the fedper / fedavg_clustered "
+                "methods instead of fed.personal_layers / fed.num_clusters (which would change "
+                "every federated method)")
         bad = [h for h in self.heuristics if h not in hospital.HEURISTICS]
         require(not bad, f"heuristics has unknown entries {bad}; valid: {sorted(hospital.HEURISTICS)}")
         require(self.target_heuristic in hospital.HEURISTICS,
@@ -292,8 +318,14 @@ def method_setup(method: str, cfg: HospitalExperimentConfig, env_params):
                                       local_steps=centralized_local_steps(cfg.fed, k))
         stacked = jax.tree.map(lambda x: x[None], env_params)
         return make_dqn(dqn_cfg, hospital.NUM_ACTIONS), fed_cfg, stacked
-    fed_cfg = (cfg.fed if method in FEDERATED_METHODS
-               else dataclasses.replace(cfg.fed, aggregation="none"))
+    if method == "fedper":
+        fed_cfg = dataclasses.replace(cfg.fed, personal_layers=cfg.personal_layers)
+    elif method == "fedavg_clustered":
+        fed_cfg = dataclasses.replace(cfg.fed, num_clusters=cfg.num_clusters)
+    elif method in FEDERATED_METHODS:
+        fed_cfg = cfg.fed
+    else:
+        fed_cfg = dataclasses.replace(cfg.fed, aggregation="none")
     stacked = jax.tree.map(lambda x: x[:, None], env_params)
     return make_dqn(cfg.dqn, hospital.NUM_ACTIONS), fed_cfg, stacked
 
@@ -335,7 +367,7 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
         train_s += time.perf_counter() - t1
         last = r == fed_cfg.num_rounds - 1
         if (r + 1) % cfg.eval_every == 0 or last:
-            params, shared = eval_params(method, state)
+            params, shared = eval_params(method, state, fed=fed_cfg)
             curve[r] = mean_metrics(evaluate_dqn(
                 dqn, params, env_params, ckey, cfg.curve_episodes,
                 shared_model=shared))["episode_return"]
@@ -347,20 +379,62 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
 
 def method_aggregator(method: str, cfg: HospitalExperimentConfig) -> AggregatorConfig:
     """The aggregation of a federated method: ``cfg.aggregator`` for fedavg; b-bit quantized
-    FedAvg (``cfg.quantize_bits``) for fedavg_quantized."""
+    FedAvg (``cfg.quantize_bits``) for fedavg_quantized; plain FedAvg for fedper and
+    fedavg_clustered (``cfg.aggregator`` configures the fedavg row only)."""
     if method == "fedavg_quantized":
         return AggregatorConfig(kind="quantized", quantize_bits=cfg.quantize_bits)
+    if method in PER_HOSPITAL_METHODS:
+        return AggregatorConfig()
     return cfg.aggregator
 
 
-def eval_params(method: str, state: FederatedState, personalized: bool = False):
+def eval_params(method: str, state: FederatedState, personalized: bool = False,
+                fed: FederatedConfig | None = None):
     """(params, shared) evaluated for a method: the global model, per-hospital models, or the
-    centralized agent's."""
+    centralized agent's. fedper / fedavg_clustered: the model each hospital acts with
+    (``round.party_models``: global body + own head / its last chosen cluster's model), for
+    which their ``fed`` config (``method_setup``) is needed."""
+    if method in PER_HOSPITAL_METHODS:
+        require(fed is not None, f"eval_params({method!r}) needs the method's fed config")
+        return party_models(state, fed), False
     if method in FEDERATED_METHODS and not personalized:
         return state.global_params, True
     if method == "centralized":
         return jax.tree.map(lambda x: x[0], state.parties.params), True
     return state.parties.params, False
+
+
+def uplink_record(method: str, cfg: HospitalExperimentConfig, fed_cfg: FederatedConfig,
+                  state: FederatedState) -> dict[str, Any]:
+    """The communication figures of a method's row: parameters of one model, bits per
+    parameter and uplink bytes per participating hospital per round and expected per round
+    (None for local / centralized). FedPer counts only the shared leaves (its head is never
+    sent); IFCA adds the cluster index and records the last chosen cluster per hospital."""
+    # One model's parameters (IFCA's global_params carry a leading cluster axis).
+    model = (jax.tree.map(lambda x: x[0], state.global_params)
+             if fed_cfg.num_clusters > 1 else state.global_params)
+    num_params = sum(int(x.size) for x in jax.tree.leaves(model))
+    if method not in FEDERATED_METHODS:
+        # nothing leaves a hospital (local) / raw experience pooled (centralized)
+        return {"aggregator": None, "num_params": num_params,
+                "uplink_bits_per_param": None, "uplink_bytes_per_party_round": None,
+                "expected_uplink_bytes_per_round": None}
+    agg_cfg = method_aggregator(method, cfg)
+    sent = num_shared_params(model, fed_cfg.personal_layers)
+    per_party = uplink_bytes_per_party(agg_cfg, sent, fed_cfg.num_clusters)
+    expected = (participation_rate(fed_cfg, cfg.num_hospitals) * cfg.num_hospitals
+                * (1.0 - fed_cfg.dropout_rate))
+    uplink = {"aggregator": agg_cfg.kind, "num_params": num_params,
+              "uplink_bits_per_param": (agg_cfg.quantize_bits
+                                        if agg_cfg.kind == "quantized" else 32),
+              "uplink_bytes_per_party_round": per_party,
+              "expected_uplink_bytes_per_round": per_party * expected}
+    if method == "fedper":
+        uplink.update(personal_layers=fed_cfg.personal_layers, uplink_num_params=sent)
+    if method == "fedavg_clustered":
+        uplink.update(num_clusters=fed_cfg.num_clusters,
+                      cluster_assignment=[int(c) for c in np.asarray(state.clusters)])
+    return uplink
 
 
 def rounds_to_target(curve: np.ndarray, target: float) -> int | None:
@@ -394,8 +468,9 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
     fed_aggregator, privacy = build_aggregator(cfg.aggregator, cfg.num_hospitals, cfg.fed)
     curves = {}
     for i, method in enumerate(cfg.methods):
-        # fedavg_quantized trains with FedAvg's key (paired: only the quantization differs).
-        key_index = (cfg.methods.index("fedavg") if method == "fedavg_quantized"
+        # The opt-in FedAvg variants train with FedAvg's key (paired: the same hospitals'
+        # exploration and, but for IFCA's C models, the same initial model).
+        key_index = (cfg.methods.index("fedavg") if method in OPTIONAL_METHODS
                      and "fedavg" in cfg.methods else i)
         saved = ctx.done(method)
         if saved is not None:
@@ -406,28 +481,14 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
         state, dqn, curve, timing = train_method(
             method, cfg, env_params, jax.random.fold_in(master, 10 + key_index), ctx,
             aggregator=fed_aggregator if method == "fedavg" else None, eval_key=eval_key)
-        num_params = sum(int(x.size) for x in jax.tree.leaves(state.global_params))
         fed_cfg = method_setup(method, cfg, env_params)[1]
-        if method in FEDERATED_METHODS:
-            agg_cfg = method_aggregator(method, cfg)
-            per_party = uplink_bytes_per_party(agg_cfg, num_params)
-            expected = (participation_rate(fed_cfg, cfg.num_hospitals) * cfg.num_hospitals
-                        * (1.0 - fed_cfg.dropout_rate))
-            uplink = {"aggregator": agg_cfg.kind, "num_params": num_params,
-                      "uplink_bits_per_param": (agg_cfg.quantize_bits
-                                                if agg_cfg.kind == "quantized" else 32),
-                      "uplink_bytes_per_party_round": per_party,
-                      "expected_uplink_bytes_per_round": per_party * expected}
-        else:  # nothing leaves a hospital (local) / raw experience pooled (centralized)
-            uplink = {"aggregator": None, "num_params": num_params,
-                      "uplink_bits_per_param": None, "uplink_bytes_per_party_round": None,
-                      "expected_uplink_bytes_per_round": None}
+        uplink = uplink_record(method, cfg, fed_cfg, state)
         compile_s += timing["compile_s"]
         variants = [(method, False)] + ([(f"{method}_personalized", True)]
                                         if method == "fedavg" else [])
         result = {"methods": {}, "per_hospital": {}, "curve": curve.tolist()}
         for label, personalized in variants:
-            params, shared = eval_params(method, state, personalized)
+            params, shared = eval_params(method, state, personalized, fed=fed_cfg)
             hosp = evaluate_dqn(dqn, params, env_params, eval_key, cfg.eval_episodes,
                                 shared_model=shared)
             result["per_hospital"][label] = hosp
@@ -442,12 +503,15 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
         curves[method] = curve
 
     _add_relative_metrics(cfg, methods, curves, curve_target)
+    assignments = {name: m["cluster_assignment"] for name, m in methods.items()
+                   if m.get("cluster_assignment") is not None}
     table = _tables(cfg, methods, per_hospital, visits)
     _plots(ctx.out_dir, cfg, methods, curves)
     return Report(methods=methods, table=table, compile_time_s=compile_s,
                   extra={"per_hospital": per_hospital, "curve_target_return": curve_target,
                          "curves": {k: v.tolist() for k, v in curves.items()},
-                         "hospital_annual_visits": visits})
+                         "hospital_annual_visits": visits,
+                         **({"cluster_assignments": assignments} if assignments else {})})
 
 
 def _add_relative_metrics(cfg, methods, curves, target):
@@ -480,6 +544,12 @@ def _uplink_format(m) -> str:
     d, bits = m["num_params"], m["uplink_bits_per_param"]
     if m["aggregator"] == "quantized":
         return f"{d:,} parameters at {bits} bits + float32 scale and weight"
+    if m.get("uplink_num_params") is not None:   # fedper: the head stays local
+        return (f"{m['uplink_num_params']:,} shared of {d:,} parameters at {bits} bits; the "
+                f"last {m['personal_layers']} Dense layer(s) stay in the hospital")
+    if m.get("num_clusters") is not None:
+        return (f"{d:,} parameters at {bits} bits + the int32 cluster index; each hospital "
+                f"downloads all {m['num_clusters']} cluster models to choose")
     return f"{d:,} parameters at {bits} bits, aggregator `{m['aggregator']}`"
 
 
@@ -487,6 +557,10 @@ def _central_not_above_random(methods) -> bool:
     random_r = methods.get("random", {}).get("episode_return")
     central_r = methods.get("centralized", {}).get("episode_return")
     return random_r is not None and central_r is not None and central_r <= random_r
+
+
+PER_HOSPITAL_TABLE = ("local", "fedavg", "fedavg_personalized", "fedper", "fedavg_clustered",
+                      "strict_priority")
 
 
 def _tables(cfg, methods, per_hospital, visits) -> str:
@@ -535,6 +609,15 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
                                 f"{m['expected_uplink_bytes_per_round']:,.0f} expected per round"
                                 for name, m in uplink)
                     + ". `local` sends nothing; `centralized` pools raw experience.\n")
+    for name, m in methods.items():
+        if m.get("cluster_assignment") is not None:
+            groups = {}
+            for h, c in enumerate(m["cluster_assignment"]):
+                groups.setdefault(c, []).append(h)
+            text.append(f"Clusters of `{name}` (IFCA, {m['num_clusters']} models; last chosen "
+                        "cluster per hospital): "
+                        + "; ".join(f"cluster {c}: hospitals {hs}"
+                                    for c, hs in sorted(groups.items())) + ".\n")
     record = methods.get("fedavg", {}).get("privacy")
     if record:
         text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "
@@ -545,12 +628,11 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
         hrows = []
         for h in range(cfg.num_hospitals):
             row = [h, f"{visits[h]:.0f}"]
-            for label in ("local", "fedavg", "fedavg_personalized", "strict_priority"):
+            for label in PER_HOSPITAL_TABLE:
                 if label in per_hospital:
                     row.append(per_hospital[label][h]["acuity_weighted_wait"])
             hrows.append(row)
-        labels = [x for x in ("local", "fedavg", "fedavg_personalized", "strict_priority")
-                  if x in per_hospital]
+        labels = [x for x in PER_HOSPITAL_TABLE if x in per_hospital]
         text += ["\n### Acuity-weighted wait (min) per hospital: does FedAvg help small "
                  "hospitals?\n", markdown_table(["hospital", "visits/yr"] + labels, hrows)]
     return "\n".join(text)

@@ -30,6 +30,8 @@ from fedrl.privacy.quantization import FixedPoint
 
 KINDS = ("fedavg", "quantized", "secure", "dp", "dp_secure")
 FLOAT32_BYTES = 4
+CLUSTERED_KINDS = ("fedavg", "quantized")   # aggregations that run per IFCA cluster
+CLUSTER_ID_BYTES = 4                        # IFCA: a party also reports its cluster (int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +63,20 @@ class AggregatorConfig:
 
 def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConfig
                      ) -> tuple[AggregationTransform, dict | None]:
-    """The aggregation chain for ``num_parties`` parties, and the DP record (None without DP)."""
+    """The aggregation chain for ``num_parties`` parties, and the DP record (None without DP).
+
+    With IFCA clusters (``fed.num_clusters`` > 1) the chain runs once per cluster, on the
+    cluster's members: supported for ``fedavg`` and ``quantized`` (per-party steps and a
+    weighted mean, which mean the same within a cluster); refused for ``secure`` (one masking
+    session per cluster is not implemented) and DP (the accountant does not model the
+    data-dependent cluster choice, and the fixed denominator q*N refers to the whole
+    population).
+    """
     cfg.validate()
+    require(fed.num_clusters == 1 or cfg.kind in CLUSTERED_KINDS,
+            f"aggregator.kind={cfg.kind} with fed.num_clusters={fed.num_clusters} is not "
+            f"supported (clustered FL runs one aggregation per cluster; supported kinds: "
+            f"{list(CLUSTERED_KINDS)})")
     if cfg.kind == "fedavg":
         return aggregation.fedavg(), None
     if cfg.kind == "quantized":
@@ -89,10 +103,14 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
                                         use_self_masks=cfg.self_masks), record
 
 
-def uplink_bytes_per_party(cfg: AggregatorConfig, num_params: int) -> int:
+def uplink_bytes_per_party(cfg: AggregatorConfig, num_params: int, num_clusters: int = 1
+                           ) -> int:
     """Bytes one participating party sends the server per round for a model of ``num_params``
     float32 parameters (payload only: secure aggregation's key agreement and any transport
-    framing are not counted).
+    framing are not counted). Under FedPer pass the shared parameters only
+    (:func:`fedrl.federated.personalization.num_shared_params`): the personal head is never
+    sent. With IFCA clusters (``num_clusters`` > 1) the party also sends its cluster index,
+    ``CLUSTER_ID_BYTES`` more (its download, C models to choose from, is not counted here).
 
     * ``fedavg``: the update in float32 (4 bytes/parameter) and its aggregation weight;
     * ``quantized``: ``quantize_bits`` bits/parameter (packed, rounded up to whole bytes), the
@@ -102,11 +120,14 @@ def uplink_bytes_per_party(cfg: AggregatorConfig, num_params: int) -> int:
       sum, no weight sent).
     """
     cfg.validate()
+    require(isinstance(num_clusters, int) and num_clusters >= 1,
+            f"num_clusters must be an integer >= 1, got {num_clusters!r}")
     d = int(num_params)
+    extra = CLUSTER_ID_BYTES if num_clusters > 1 else 0
     if cfg.kind == "fedavg":
-        return FLOAT32_BYTES * (d + 1)
+        return FLOAT32_BYTES * (d + 1) + extra
     if cfg.kind == "quantized":
-        return -(-d * cfg.quantize_bits // 8) + 2 * FLOAT32_BYTES
+        return -(-d * cfg.quantize_bits // 8) + 2 * FLOAT32_BYTES + extra
     if cfg.kind == "secure":
-        return FLOAT32_BYTES * (d + 1)
-    return FLOAT32_BYTES * d
+        return FLOAT32_BYTES * (d + 1) + extra
+    return FLOAT32_BYTES * d + extra

@@ -21,6 +21,27 @@ FedAvg (McMahan et al., AISTATS 2017) applied to DQN agents, one per party (hosp
 Every key is derived from the round key with ``fold_in`` (per round and per party id), so a run
 is reproducible and parties never share exploration noise. ``aggregation="none"`` gives the
 local-only baseline (no broadcast, no sharing).
+
+Two non-IID variants (both off by default; the default round is bit-identical to the round
+without them):
+
+* ``personal_layers`` = n > 0, FedPer (Arivazhagan et al., "Federated Learning with
+  Personalization Layers", arXiv:1912.00818, 2019; :mod:`fedrl.federated.personalization`):
+  the last n Dense layers of each party's Q-network are its own. The broadcast (2) overwrites
+  only the shared body, online and (with ``sync_target_each_round``) target nets getting the
+  global body with the party's own online head; only the shared leaves are sent, clipped,
+  quantized and averaged (4-5); the server's copy of the head leaves keeps its initial value
+  (it is never broadcast). Each party acts with the global body + its own head
+  (:func:`party_models`).
+* ``num_clusters`` = C > 1, IFCA (Ghosh et al., "An Efficient Framework for Clustered
+  Federated Learning", NeurIPS 2020; :mod:`fedrl.federated.clustering`): the state is a
+  :class:`ClusteredFederatedState` with C models (leading axis C, independent random
+  initialisations) and each party's cluster. Before the broadcast every sampled party
+  evaluates each cluster model's TD loss on one batch of its replay buffer and joins the
+  argmin (a party whose buffer holds less than a batch keeps its cluster); it receives that
+  cluster's model, and the aggregation and server step run per cluster (``vmap`` over
+  clusters, mask = participating & member, key ``fold_in(k_agg, c)``, one server optimizer
+  state per cluster). A cluster without participants keeps its model and server state.
 """
 from __future__ import annotations
 
@@ -35,6 +56,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns, tree_select
 from fedrl.config import require, require_in_range, require_positive
+from fedrl.federated import clustering, personalization
 from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
                                          fedavgm_optimizer, server_update)
 from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
@@ -66,6 +88,12 @@ class FederatedConfig:
     devices: int = 0                            # devices to spread parties over; 0 = all
                                                 # local ones, at most one per party
     update_gating: Literal["switch", "mask"] = "switch"   # see DQN.train_parties
+    # FedPer (Arivazhagan et al. 2019): the last n Dense layers of each party's Q-network stay
+    # local (not broadcast, not aggregated, not sent); 0 = plain FedAvg. See personalization.py.
+    personal_layers: int = 0
+    # IFCA (Ghosh et al. 2020): the server keeps C models and each party joins the one with the
+    # smallest TD loss on its replay buffer; 1 = plain FedAvg. See clustering.py.
+    num_clusters: int = 1
 
     def validate(self) -> None:
         require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
@@ -88,6 +116,17 @@ class FederatedConfig:
                                    f"got {self.devices}")
         require(self.update_gating in ("switch", "mask"),
                 f"fed.update_gating must be 'switch' or 'mask', got {self.update_gating!r}")
+        for name, low in (("personal_layers", 0), ("num_clusters", 1)):
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                    f"fed.{name} must be an integer >= {low}, got {value!r}")
+        require(self.personal_layers == 0 or self.num_clusters == 1,
+                "fed.personal_layers > 0 with fed.num_clusters > 1 (FedPer heads inside IFCA "
+                "clusters) is not implemented: use one of them")
+        require(self.aggregation == "fedavg" or (self.personal_layers == 0
+                                                 and self.num_clusters == 1),
+                "fed.personal_layers and fed.num_clusters need fed.aggregation='fedavg' (a "
+                "local-only run shares nothing to personalize or cluster)")
 
 
 # Server learning rate when ``fed.server_learning_rate`` is None: FedAvg / FedAvgM apply the
@@ -116,11 +155,35 @@ def make_server_optimizer(cfg: FederatedConfig) -> optax.GradientTransformation:
 
 @struct.dataclass
 class FederatedState:
-    global_params: PyTree
+    global_params: PyTree      # FedPer: the server's copy of the personal leaves is the
+                               # initial head, never updated (parties never send theirs)
     server_opt_state: optax.OptState
     aggregator_state: PyTree
     parties: DQNState          # stacked, leading axis K
     round: jax.Array           # int32
+
+
+@struct.dataclass
+class ClusteredFederatedState(FederatedState):
+    """IFCA (``fed.num_clusters`` = C > 1): ``global_params``, ``server_opt_state`` and
+    ``aggregator_state`` carry a leading cluster axis C (one server per cluster), and
+    ``clusters`` [K] int32 is each party's last chosen cluster. With C = 1 the round keeps the
+    plain :class:`FederatedState` (same pytree, same checkpoints)."""
+    clusters: jax.Array        # [K] int32
+
+
+def party_models(state: FederatedState, cfg: FederatedConfig) -> PyTree:
+    """The Q-network each party acts with after the broadcast, stacked [K, ...]: the global
+    model (FedAvg), the global body with the party's own head (FedPer), or the model of the
+    party's last chosen cluster (IFCA). Evaluation of personalized methods uses these."""
+    num_parties = jax.tree.leaves(state.parties.steps)[0].shape[0]
+    if isinstance(state, ClusteredFederatedState):
+        return _take(state.global_params, state.clusters)
+    models = _broadcast(state.global_params, num_parties)
+    if cfg.personal_layers:
+        mask = personalization.personal_mask(state.global_params, cfg.personal_layers)
+        models = personalization.merge(mask, state.parties.params, models)
+    return models
 
 
 @struct.dataclass
@@ -187,6 +250,15 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
     aggregator = aggregator or fedavg()
     server_opt = make_server_optimizer(cfg)
     federated = cfg.aggregation != "none"
+    num_clusters = cfg.num_clusters if federated else 1
+    clustered = num_clusters > 1            # IFCA: C server models (clustering.py)
+    mask = None                             # FedPer: static leaf mask of the personal head
+    if cfg.personal_layers:
+        obs_shape, _ = jax.eval_shape(env.reset, jax.random.key(0),
+                                      _take(_take(env_params, 0), 0))
+        abstract = jax.eval_shape(lambda k: dqn.init_params(k, obs_shape.shape[-1]),
+                                  jax.random.key(0))
+        mask = personalization.personal_mask(abstract, cfg.personal_layers)
 
     def local_training(states: DQNState, params_env: PyTree, keys: jax.Array,
                        budgets: jax.Array):
@@ -207,17 +279,35 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         # Only the observation's shape is needed: evaluated abstractly, so no key is drawn for
         # the reset (k_global used to feed both the reset and the initialisation).
         obs_example, _ = jax.eval_shape(env.reset, k_global, _take(_take(env_params, 0), 0))
-        global_params = dqn.init_params(k_global, obs_example.shape[-1])
         party_keys = jax.vmap(lambda i: jax.random.fold_in(k_parties, i))(
             jnp.arange(num_parties))
+        if clustered:
+            # IFCA initialises the C models independently at random (Ghosh et al. 2020, Alg. 1):
+            # model c from fold_in(k_global, c). Parties start in a random balanced assignment.
+            cluster_keys = jax.vmap(lambda c: jax.random.fold_in(k_global, c))(
+                jnp.arange(num_clusters))
+            models = jax.vmap(lambda k: dqn.init_params(k, obs_example.shape[-1]))(cluster_keys)
+            clusters = clustering.initial_assignment(
+                jax.random.fold_in(k_global, clustering.CLUSTER_KEY_SALT), num_parties,
+                num_clusters)
+            parties = jax.vmap(lambda k, p, w: dqn.init_state(k, env, p, w))(
+                party_keys, env_params, _take(models, clusters))
+            return ClusteredFederatedState(
+                global_params=models, server_opt_state=jax.vmap(server_opt.init)(models),
+                aggregator_state=jax.vmap(aggregator.init)(models),
+                parties=keep_split(parties), round=jnp.zeros((), jnp.int32), clusters=clusters)
+        global_params = dqn.init_params(k_global, obs_example.shape[-1])
         if federated:
             parties = jax.vmap(lambda k, p: dqn.init_state(k, env, p, global_params))(
                 party_keys, env_params)
         else:  # local-only: every party starts from its own random initialisation
             parties = jax.vmap(lambda k, p: dqn.init_state(k, env, p))(party_keys, env_params)
+        # FedPer: the aggregation chain only ever sees the shared leaves.
+        agg_params = (global_params if mask is None
+                      else personalization.shared_leaves(global_params, mask))
         return FederatedState(global_params=global_params,
                               server_opt_state=server_opt.init(global_params),
-                              aggregator_state=aggregator.init(global_params),
+                              aggregator_state=aggregator.init(agg_params),
                               parties=keep_split(parties), round=jnp.zeros((), jnp.int32))
 
     def step(state: FederatedState, key: jax.Array) -> tuple[FederatedState, dict]:
@@ -237,11 +327,29 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
 
         # 2. Broadcast the global weights to the selected parties.
         selected = _take(state.parties, idx)
+        metrics_extra = {}
         if federated:
-            selected = selected.replace(params=_broadcast(state.global_params, cohort))
+            if clustered:
+                # IFCA: each sampled party whose buffer holds a batch picks the cluster model
+                # of least TD loss on it; the others keep their last cluster.
+                k_cluster = jax.random.fold_in(rkey, clustering.CLUSTER_KEY_SALT)
+                losses = clustering.cluster_losses(
+                    dqn, state.global_params, selected.buffer, selected.target_params,
+                    jax.vmap(lambda i: jax.random.fold_in(k_cluster, i))(idx),
+                    use_cluster_target=cfg.sync_target_each_round)
+                estimated = sampled & (selected.buffer.size >= dqn.config.batch_size)
+                assigned = clustering.choose_clusters(losses, state.clusters[idx], estimated)
+                start = _take(state.global_params, assigned)
+                metrics_extra["cluster_losses"] = jnp.full(
+                    (num_parties, num_clusters), jnp.nan).at[idx].set(
+                    jnp.where(estimated[:, None], losses, jnp.nan))
+            else:
+                start = _broadcast(state.global_params, cohort)
+            if mask is not None:   # FedPer: the broadcast replaces the body, not the head
+                start = personalization.merge(mask, selected.params, start)
+            selected = selected.replace(params=start)
             if cfg.sync_target_each_round:
-                selected = selected.replace(
-                    target_params=_broadcast(state.global_params, cohort))
+                selected = selected.replace(target_params=start)
             if cfg.reset_optimizer_each_round:
                 selected = selected.replace(opt_state=jax.vmap(dqn.optimizer.init)(
                     selected.params))
@@ -267,7 +375,41 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         participating = sampled & survived
         global_params, server_opt_state, agg_state = (
             state.global_params, state.server_opt_state, state.aggregator_state)
-        if federated:
+        if federated and clustered:
+            deltas = jax.tree.map(jnp.subtract, trained.params, start)
+            weights = summary["transitions"].astype(jnp.float32)
+
+            def cluster_server(params, opt_state, agg_state_c, c):
+                """FedAvg within cluster c; a cluster without participants keeps its model and
+                its server state (no step: momentum / Adam do not move it either)."""
+                members = participating & (assigned == c)
+                delta, new_agg = aggregator.update(
+                    Cohort(updates=deltas, weights=weights, mask=members), agg_state_c,
+                    jax.random.fold_in(k_agg, c))
+                new_params, new_opt = server_update(params, delta, opt_state, server_opt)
+                return tree_select(jnp.any(members), (new_params, new_opt, new_agg),
+                                   (params, opt_state, agg_state_c))
+
+            global_params, server_opt_state, agg_state = jax.vmap(cluster_server)(
+                global_params, server_opt_state, agg_state, jnp.arange(num_clusters))
+            metrics_extra["cluster_sizes"] = jnp.sum(
+                jax.nn.one_hot(assigned, num_clusters, dtype=jnp.int32)
+                * participating[:, None], axis=0)
+        elif federated and mask is not None:
+            # FedPer: only the shared leaves are sent and averaged; the server's copy of the
+            # personal leaves stays at its initialisation (it is never broadcast).
+            deltas = [p - g[None] for p, g in zip(
+                personalization.shared_leaves(trained.params, mask),
+                personalization.shared_leaves(state.global_params, mask))]
+            weights = summary["transitions"].astype(jnp.float32)
+            shared_delta, agg_state = aggregator.update(
+                Cohort(updates=deltas, weights=weights, mask=participating), agg_state, k_agg)
+            delta = personalization.with_shared(
+                jax.tree.map(jnp.zeros_like, global_params), mask, shared_delta)
+            updated, server_opt_state = server_update(
+                global_params, delta, server_opt_state, server_opt)
+            global_params = personalization.merge(mask, global_params, updated)
+        elif federated:
             deltas = jax.tree.map(lambda p, g: p - g[None], trained.params, state.global_params)
             weights = summary["transitions"].astype(jnp.float32)
             delta, agg_state = aggregator.update(
@@ -285,10 +427,14 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             "updates": jnp.sum(summary["updates"]),
             "transitions": jnp.sum(summary["transitions"]),
         }
-        new_state = FederatedState(global_params=global_params,
-                                   server_opt_state=server_opt_state,
-                                   aggregator_state=agg_state, parties=keep_split(parties),
-                                   round=state.round + 1)
+        new_state = state.replace(global_params=global_params,
+                                  server_opt_state=server_opt_state,
+                                  aggregator_state=agg_state, parties=keep_split(parties),
+                                  round=state.round + 1)
+        if clustered:
+            clusters = state.clusters.at[idx].set(assigned)
+            new_state = new_state.replace(clusters=clusters)
+            metrics.update(metrics_extra, clusters=clusters)
         return new_state, metrics
 
     return FederatedRound(init=jax.jit(init), step=jax.jit(step, donate_argnums=0),
