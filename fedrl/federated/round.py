@@ -39,7 +39,12 @@ default, the default round being bit-identical to the round without them):
   :func:`fedrl.federated.aggregation.exclude_nonfinite`);
 * FedNova (Wang et al., NeurIPS 2020; ``AggregatorConfig(kind="fednova")``) averages
   Delta_k / tau_k, tau_k a party's local gradient updates (``Cohort.local_updates``), so that
-  unequal budgets do not bias the global model towards the fast parties.
+  unequal budgets do not bias the global model towards the fast parties;
+* ``max_staleness`` = S > 0: bounded-staleness asynchronous aggregation simulated in rounds
+  (FedAsync, Xie, Koyejo, Gupta 2019): the state is an :class:`AsyncFederatedState` holding
+  the S previous global models; party k trains from the model s_k rounds old
+  (:func:`party_staleness`, from its speed) and its update is scaled by (1 + s_k)^-a
+  (:func:`staleness_weight`) before the aggregation.
 
 Two non-IID variants (both off by default; the default round is bit-identical to the round
 without them):
@@ -125,6 +130,12 @@ class FederatedConfig:
     # deadline (synchronous FedAvg waits for everyone: speeds then change nothing).
     party_speeds: tuple[float, ...] | None = None
     round_deadline: float | None = None
+    # Bounded-staleness asynchronous aggregation simulated in rounds (FedAsync, Xie, Koyejo,
+    # Gupta 2019): party k trains from the global model s_k <= max_staleness rounds old (s_k
+    # from its speed, see party_staleness) and its update is scaled by (1 + s_k)^-a,
+    # a = staleness_exponent. 0 = synchronous rounds.
+    max_staleness: int = 0
+    staleness_exponent: float = 0.5
 
     def validate(self) -> None:
         require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
@@ -161,6 +172,19 @@ class FederatedConfig:
             require(_is_positive_number(self.round_deadline),
                     f"fed.round_deadline must be None or a finite number > 0 (in units of "
                     f"local_steps at speed 1), got {self.round_deadline!r}")
+        require(isinstance(self.max_staleness, int) and not isinstance(self.max_staleness, bool)
+                and self.max_staleness >= 0,
+                f"fed.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        require(isinstance(self.staleness_exponent, (int, float))
+                and not isinstance(self.staleness_exponent, bool)
+                and math.isfinite(self.staleness_exponent) and self.staleness_exponent >= 0,
+                f"fed.staleness_exponent must be a finite number >= 0, got "
+                f"{self.staleness_exponent!r}")
+        require(self.max_staleness == 0 or (self.personal_layers == 0
+                                            and self.num_clusters == 1),
+                "fed.max_staleness > 0 (asynchronous aggregation) with fed.personal_layers / "
+                "fed.num_clusters is not implemented (a local-only run, fed.aggregation="
+                "'none', ignores it: nothing is shared)")
         require(self.personal_layers == 0 or self.num_clusters == 1,
                 "fed.personal_layers > 0 with fed.num_clusters > 1 (FedPer heads inside IFCA "
                 "clusters) is not implemented: use one of them")
@@ -206,6 +230,30 @@ def local_step_caps(cfg: FederatedConfig, num_parties: int) -> np.ndarray:
     return np.minimum(cfg.local_steps, np.floor(work * (1 + _CAP_SLACK))).astype(np.int32)
 
 
+def party_staleness(cfg: FederatedConfig, num_parties: int) -> np.ndarray:
+    """[K] int: how many rounds old the global model is that party k trains from, under
+    bounded-staleness asynchronous aggregation (``fed.max_staleness`` = S > 0):
+    ``s_k = min(S, ceil(1 / speed_k) - 1)`` -- a party that needs 1 / speed_k rounds of wall
+    clock for its local work sends an update computed from the model it received that many
+    rounds earlier, less one [reconstructed: deterministic, from the static speeds; parties at
+    speed >= 1 are fresh]. Zeros when S = 0 or without ``party_speeds``.
+    """
+    cfg.validate()
+    if cfg.max_staleness == 0 or cfg.party_speeds is None:
+        return np.zeros((num_parties,), np.int32)
+    require(len(cfg.party_speeds) == num_parties,
+            f"fed.party_speeds has {len(cfg.party_speeds)} entries but the federation has "
+            f"{num_parties} parties (one relative speed per party)")
+    rounds = np.ceil(1.0 / np.asarray(cfg.party_speeds, np.float64) * (1 - _CAP_SLACK))
+    return np.clip(rounds - 1, 0, cfg.max_staleness).astype(np.int32)
+
+
+def staleness_weight(staleness: jax.Array, exponent: float) -> jax.Array:
+    """FedAsync's polynomial staleness function (Xie, Koyejo, Gupta, "Asynchronous Federated
+    Optimization", arXiv:1903.03934, 2019): s -> (1 + s)^-a; 1 for a fresh update."""
+    return jnp.power(1.0 + staleness.astype(jnp.float32), -float(exponent))
+
+
 # Server learning rate when ``fed.server_learning_rate`` is None: FedAvg / FedAvgM apply the
 # averaged update as it is (lr 1); FedAdam normalises it per coordinate, so with lr 1 every
 # weight would move by ~1 per round: 1e-2 is the default of Reddi et al. (ICLR 2021) and of
@@ -238,6 +286,15 @@ class FederatedState:
     aggregator_state: PyTree
     parties: DQNState          # stacked, leading axis K
     round: jax.Array           # int32
+
+
+@struct.dataclass
+class AsyncFederatedState(FederatedState):
+    """Bounded-staleness asynchronous aggregation (``fed.max_staleness`` = S > 0):
+    ``history`` holds the S previous global models, leading axis S, ``history[j]`` the model
+    of j + 1 rounds ago (the current one is ``global_params``). With S = 0 the round keeps the
+    plain :class:`FederatedState`."""
+    history: PyTree
 
 
 @struct.dataclass
@@ -343,6 +400,8 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             f"fed.clients_per_round={cfg.clients_per_round} exceeds the {num_parties} parties")
     cohort = (cfg.clients_per_round or num_parties) if cfg.sampling == "fixed" else num_parties
     caps = local_step_caps(cfg, num_parties)     # static: deterministic given the config
+    asynchronous = cfg.aggregation != "none" and cfg.max_staleness > 0
+    staleness = party_staleness(cfg, num_parties)
     mesh = party_mesh(cfg.devices, cohort)
     num_devices = mesh.devices.size
     # The cohort is padded to a multiple of the device count with copies of its first party,
@@ -406,10 +465,14 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         # FedPer: the aggregation chain only ever sees the shared leaves.
         agg_params = (global_params if mask is None
                       else personalization.shared_leaves(global_params, mask))
-        return FederatedState(global_params=global_params,
-                              server_opt_state=server_opt.init(global_params),
-                              aggregator_state=aggregator.init(agg_params),
-                              parties=keep_split(parties), round=jnp.zeros((), jnp.int32))
+        fields = dict(global_params=global_params,
+                      server_opt_state=server_opt.init(global_params),
+                      aggregator_state=aggregator.init(agg_params),
+                      parties=keep_split(parties), round=jnp.zeros((), jnp.int32))
+        if asynchronous:   # before round 0 every "older" model is the initial one
+            return AsyncFederatedState(
+                **fields, history=_broadcast(global_params, cfg.max_staleness))
+        return FederatedState(**fields)
 
     def step(state: FederatedState, key: jax.Array) -> tuple[FederatedState, dict]:
         rkey = jax.random.fold_in(key, state.round)
@@ -453,6 +516,11 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                     jnp.where(estimated[:, None], losses, jnp.nan))
             else:
                 start = _broadcast(state.global_params, cohort)
+            if asynchronous:
+                # Party k starts from the global model of s_k rounds ago.
+                models = jax.tree.map(lambda g, h: jnp.concatenate([g[None], h]),
+                                      state.global_params, state.history)
+                start = _take(models, jnp.asarray(staleness)[idx])
             if mask is not None:   # FedPer: the broadcast replaces the body, not the head
                 start = personalization.merge(mask, selected.params, start)
             selected = selected.replace(params=start)
@@ -522,9 +590,14 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                 global_params, delta, server_opt_state, server_opt)
             global_params = personalization.merge(mask, global_params, updated)
         elif federated:
-            deltas, participating, nonfinite = _client_updates(trained.params,
-                                                               state.global_params,
-                                                               participating)
+            deltas, participating, nonfinite = _client_updates(
+                trained.params, start if asynchronous else state.global_params, participating)
+            if asynchronous:
+                # FedAsync: a stale update is shrunk by (1 + s_k)^-a before the aggregation.
+                shrink = staleness_weight(jnp.asarray(staleness)[idx], cfg.staleness_exponent)
+                deltas = jax.tree.map(
+                    lambda d: d * shrink.reshape((-1,) + (1,) * (d.ndim - 1)).astype(d.dtype),
+                    deltas)
             weights = summary["transitions"].astype(jnp.float32)
             delta, agg_state = aggregator.update(
                 Cohort(updates=deltas, weights=weights, mask=participating,
@@ -553,6 +626,12 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                                   server_opt_state=server_opt_state,
                                   aggregator_state=agg_state, parties=keep_split(parties),
                                   round=state.round + 1)
+        if asynchronous:
+            new_state = new_state.replace(history=jax.tree.map(
+                lambda g, h: jnp.concatenate([g[None], h[:-1]]), state.global_params,
+                state.history))
+            metrics["staleness"] = jnp.zeros((num_parties,), jnp.int32).at[idx].set(
+                jnp.where(sampled, jnp.asarray(staleness)[idx], 0))
         if clustered:
             clusters = state.clusters.at[idx].set(assigned)
             new_state = new_state.replace(clusters=clusters)

@@ -9,7 +9,8 @@ from fedrl.agents.dqn import DQNConfig, make_dqn
 from fedrl.federated.aggregators import AggregatorConfig, build_aggregator
 from fedrl.config import ConfigError
 from fedrl.federated.aggregation import Cohort, fedavg, fednova
-from fedrl.federated.round import FederatedConfig, local_step_caps, make_federated_round
+from fedrl.federated.round import (FederatedConfig, local_step_caps, make_federated_round,
+                                   party_staleness, staleness_weight)
 from tests import toy_env
 
 DQN_CFG = DQNConfig(hidden_sizes=(8,), batch_size=8, buffer_capacity=200, learning_starts=16,
@@ -141,3 +142,42 @@ def test_deadline_fednova_round_matches_numpy():
     for i, (got, g) in enumerate(zip(jax.tree.leaves(new.global_params),
                                      jax.tree.leaves(before))):
         np.testing.assert_allclose(got, g + want[str(i)], rtol=1e-5, atol=1e-6)
+
+
+def test_party_staleness_and_async_config_errors():
+    cfg = FederatedConfig(max_staleness=3, party_speeds=(1.0, 0.5, 0.4, 1 / 3, 0.1, 2.0))
+    np.testing.assert_array_equal(party_staleness(cfg, 6), [0, 1, 2, 2, 3, 0])
+    np.testing.assert_array_equal(party_staleness(FederatedConfig(max_staleness=2), 2), [0, 0])
+    np.testing.assert_allclose(staleness_weight(jnp.array([0, 1, 3]), 0.5),
+                               [1.0, 2 ** -0.5, 0.5], rtol=1e-6)
+    for bad, name in [(dict(max_staleness=-1), "fed.max_staleness"),
+                      (dict(staleness_exponent=-0.5), "fed.staleness_exponent"),
+                      (dict(max_staleness=1, personal_layers=1), "fed.max_staleness"),
+                      (dict(max_staleness=1, num_clusters=2), "fed.max_staleness")]:
+        with pytest.raises(ConfigError, match=name):
+            FederatedConfig(**bad).validate()
+
+
+def test_async_round_trains_from_stale_models_and_shrinks_their_updates():
+    """FedAsync in rounds: party 1 (speed 0.5, staleness 1) trains from the global model of
+    the previous round and its update is scaled by (1 + 1)^-0.5; recomputed in NumPy."""
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(num_rounds=2, local_steps=30, party_speeds=(1.0, 0.5),
+                          max_staleness=1, staleness_exponent=0.5)
+    rnd = make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(2), cfg)
+    state = rnd.init(jax.random.key(0))
+    g0 = jax.tree.map(np.asarray, state.global_params)
+    state, _ = rnd.step(state, jax.random.key(1))
+    g1 = jax.tree.map(np.asarray, state.global_params)
+    np.testing.assert_array_equal(jax.tree.leaves(state.history)[0][0], jax.tree.leaves(g0)[0])
+    state, m = rnd.step(state, jax.random.key(1))
+    np.testing.assert_array_equal(m["staleness"], [0, 1])
+    trained = jax.tree.map(np.asarray, state.parties.params)
+    shrink = np.array([1.0, 2 ** -0.5])
+    for got, t, a, b, h in zip(jax.tree.leaves(state.global_params), jax.tree.leaves(trained),
+                               jax.tree.leaves(g1), jax.tree.leaves(g0),
+                               jax.tree.leaves(state.history)):
+        start = np.stack([a, b])                    # party 0 from g1, party 1 from g0
+        want = a + np.tensordot(shrink / 2, t - start, 1)   # equal step counts
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(h[0], a)      # the ring now holds g1
