@@ -26,6 +26,13 @@ Methods (same hospitals, same DQN, the same expected number of environment steps
   hospital joining the one of least TD loss on its replay buffer each round; evaluated with
   each hospital's last chosen cluster model (assignments in ``results.json`` and the table);
   both opt-in methods use plain FedAvg aggregation and FedAvg's training key;
+* ``fednova`` (opt-in): FedNova (Wang et al., NeurIPS 2020), FedAvg's protocol and key with
+  normalized averaging of the updates (Delta_k / tau_k, tau_k a hospital's local gradient
+  updates). It differs from fedavg only when hospitals run different numbers of local steps:
+  set ``fed.round_deadline`` with ``hospital_speeds="annual_visits"`` (speeds proportional to
+  annual visits) or ``fed.party_speeds``, and/or ``fed.min_local_fraction`` < 1; every
+  method but centralized then trains under those speeds, and each DQN row reports its
+  per-hospital local steps per round (``local_step_caps``) and ``stragglers``;
 * heuristics: FIFO, strict priority, c-mu, accumulating priority, classic MLFQ, random.
 
 Every federated method also reports its uplink: bytes per participating hospital per round
@@ -59,8 +66,8 @@ from fedrl.federated import aggregation
 from fedrl.federated.aggregation import AggregationTransform
 from fedrl.federated.aggregators import AggregatorConfig, build_aggregator, uplink_bytes_per_party
 from fedrl.federated.personalization import num_shared_params
-from fedrl.federated.round import (FederatedConfig, FederatedState, make_federated_round,
-                                   party_models)
+from fedrl.federated.round import (FederatedConfig, FederatedState, local_step_caps,
+                                   make_federated_round, party_models)
 from fedrl.results import atomic_save_figure
 
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
@@ -68,8 +75,9 @@ HEURISTIC_NAMES = ("random", "fifo", "strict_priority", "cmu", "accumulating_pri
 DQN_METHODS = ("fedavg", "local", "centralized")        # the default methods
 # Opt-in: FedAvg over b-bit compressed updates (``quantize_bits``), trained with FedAvg's key
 # (a paired comparison: the two differ only by the quantization).
-OPTIONAL_METHODS = ("fedavg_quantized", "fedper", "fedavg_clustered")
-FEDERATED_METHODS = ("fedavg", "fedavg_quantized", "fedper", "fedavg_clustered")
+OPTIONAL_METHODS = ("fedavg_quantized", "fedper", "fedavg_clustered", "fednova")
+FEDERATED_METHODS = ("fedavg", "fedavg_quantized", "fedper", "fedavg_clustered", "fednova")
+HOSPITAL_SPEEDS = ("config", "annual_visits")
 # Methods evaluated with one model per hospital (fed.party_models), not the global model.
 PER_HOSPITAL_METHODS = ("fedper", "fedavg_clustered")
 
@@ -101,6 +109,11 @@ class HospitalExperimentConfig:
     quantize_bits: int = 8            # fedavg_quantized: bits per update coordinate
     personal_layers: int = 1          # fedper: last Dense layers kept local (the Q head)
     num_clusters: int = 2             # fedavg_clustered: IFCA cluster models
+    # System heterogeneity: "config" uses fed.party_speeds as given (None: equal speeds);
+    # "annual_visits" sets them to each hospital's annual visits / the largest hospital's (a
+    # busier hospital has more IT capacity [reconstructed]), for every method but centralized.
+    # Speeds only matter with fed.round_deadline (see fedrl.federated.round.local_step_caps).
+    hospital_speeds: str = "config"
     eval_episodes: int = 4            # held-out episodes per hospital for the final table
     curve_episodes: int = 1           # episodes per hospital for each learning-curve point
     eval_every: int = 5               # rounds between learning-curve points
@@ -131,6 +144,19 @@ class HospitalExperimentConfig:
                 "set personal_layers / num_clusters and add the fedper / fedavg_clustered "
                 "methods instead of fed.personal_layers / fed.num_clusters (which would change "
                 "every federated method)")
+        require(self.hospital_speeds in HOSPITAL_SPEEDS,
+                f"hospital_speeds must be one of {list(HOSPITAL_SPEEDS)}, got "
+                f"{self.hospital_speeds!r}")
+        require(self.hospital_speeds == "config" or self.fed.party_speeds is None,
+                "hospital_speeds='annual_visits' derives fed.party_speeds: leave "
+                "fed.party_speeds unset (None)")
+        require(self.fed.party_speeds is None or len(self.fed.party_speeds) == self.num_hospitals,
+                f"fed.party_speeds has {len(self.fed.party_speeds or ())} entries, one per "
+                f"hospital needed (num_hospitals={self.num_hospitals})")
+        require(self.fed.max_staleness == 0
+                or not any(m in PER_HOSPITAL_METHODS for m in self.methods),
+                "fed.max_staleness > 0 (asynchronous aggregation) is not implemented for "
+                f"{list(PER_HOSPITAL_METHODS)}: drop them from methods")
         bad = [h for h in self.heuristics if h not in hospital.HEURISTICS]
         require(not bad, f"heuristics has unknown entries {bad}; valid: {sorted(hospital.HEURISTICS)}")
         require(self.target_heuristic in hospital.HEURISTICS,
@@ -313,9 +339,12 @@ def method_setup(method: str, cfg: HospitalExperimentConfig, env_params):
         # mirrored: a party that drops after training keeps its experience in its replay
         # buffer (only this round's update is lost), so it collects as much as a party that
         # stays. min_local_fraction applies as for a party (one budget draw a round).
+        # No system heterogeneity either: one agent has one speed, and the pooled reference
+        # waits for every hospital's experience [reconstructed].
         fed_cfg = dataclasses.replace(cfg.fed, aggregation="none", clients_per_round=0,
                                       sampling="fixed", dropout_rate=0.0,
-                                      local_steps=centralized_local_steps(cfg.fed, k))
+                                      local_steps=centralized_local_steps(cfg.fed, k),
+                                      party_speeds=None, round_deadline=None)
         stacked = jax.tree.map(lambda x: x[None], env_params)
         return make_dqn(dqn_cfg, hospital.NUM_ACTIONS), fed_cfg, stacked
     if method == "fedper":
@@ -377,12 +406,37 @@ def train_method(method: str, cfg: HospitalExperimentConfig, env_params, key, ct
                                "devices": rnd.num_devices}
 
 
+def visit_speeds(visits) -> tuple[float, ...]:
+    """Relative compute speeds proportional to annual visits (the largest hospital at 1)
+    [reconstructed: a busier hospital is assumed to have proportionally more IT capacity]."""
+    top = max(visits)
+    return tuple(float(v) / top for v in visits)
+
+
+def heterogeneity_record(method: str, cfg: HospitalExperimentConfig,
+                         fed_cfg: FederatedConfig) -> dict:
+    """Under a round deadline: each hospital's speed, its local steps per round
+    (:func:`~fedrl.federated.round.local_step_caps`, before ``min_local_fraction``'s random
+    cut) and the number of stragglers (cap 0: they never train nor send). Empty otherwise (and
+    for centralized, which runs without a deadline)."""
+    if fed_cfg.round_deadline is None or method == "centralized":
+        return {}
+    caps = local_step_caps(fed_cfg, cfg.num_hospitals)
+    speeds = fed_cfg.party_speeds or (1.0,) * cfg.num_hospitals
+    return {"round_deadline": float(fed_cfg.round_deadline),
+            "party_speeds": [float(v) for v in speeds],
+            "local_step_caps": [int(c) for c in caps],
+            "stragglers": int(np.sum(caps == 0))}
+
+
 def method_aggregator(method: str, cfg: HospitalExperimentConfig) -> AggregatorConfig:
     """The aggregation of a federated method: ``cfg.aggregator`` for fedavg; b-bit quantized
-    FedAvg (``cfg.quantize_bits``) for fedavg_quantized; plain FedAvg for fedper and
-    fedavg_clustered (``cfg.aggregator`` configures the fedavg row only)."""
+    FedAvg (``cfg.quantize_bits``) for fedavg_quantized; FedNova for fednova; plain FedAvg for
+    fedper and fedavg_clustered (``cfg.aggregator`` configures the fedavg row only)."""
     if method == "fedavg_quantized":
         return AggregatorConfig(kind="quantized", quantize_bits=cfg.quantize_bits)
+    if method == "fednova":
+        return AggregatorConfig(kind="fednova")
     if method in PER_HOSPITAL_METHODS:
         return AggregatorConfig()
     return cfg.aggregator
@@ -450,6 +504,9 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
     visits = [float(c.annual_visits) for c in
               hospital.hospital_configs(cfg.env, cfg.num_hospitals, hospital_key)]
     eval_key = jax.random.fold_in(master, 1_000_003)  # held out: never used in training
+    if cfg.hospital_speeds == "annual_visits":
+        cfg = dataclasses.replace(cfg, fed=dataclasses.replace(
+            cfg.fed, party_speeds=visit_speeds(visits)))
     methods: dict[str, dict[str, Any]] = {}
     per_hospital: dict[str, list[dict[str, float]]] = {}
     compile_s = 0.0
@@ -483,6 +540,7 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
             aggregator=fed_aggregator if method == "fedavg" else None, eval_key=eval_key)
         fed_cfg = method_setup(method, cfg, env_params)[1]
         uplink = uplink_record(method, cfg, fed_cfg, state)
+        uplink.update(heterogeneity_record(method, cfg, fed_cfg))
         compile_s += timing["compile_s"]
         variants = [(method, False)] + ([(f"{method}_personalized", True)]
                                         if method == "fedavg" else [])
@@ -618,6 +676,14 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
                         "cluster per hospital): "
                         + "; ".join(f"cluster {c}: hospitals {hs}"
                                     for c, hs in sorted(groups.items())) + ".\n")
+    hetero = next((m for m in methods.values() if m.get("local_step_caps") is not None), None)
+    if hetero is not None:
+        caps, speeds = hetero["local_step_caps"], hetero["party_speeds"]
+        text.append(f"System heterogeneity (every method but centralized): round deadline "
+                    f"{hetero['round_deadline']:g} x local_steps at speed 1; per hospital "
+                    + ", ".join(f"{h}: speed {v:.2f}, {c} steps" for h, (v, c)
+                                in enumerate(zip(speeds, caps)))
+                    + f" per round; {hetero['stragglers']} straggler(s) (never train).\n")
     record = methods.get("fedavg", {}).get("privacy")
     if record:
         text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "

@@ -25,7 +25,11 @@ clip -> (quantize) -> sum or secure sum -> DP noise -> fixed denominator -> serv
 * :func:`secure_sum` / :func:`secure_mean` reduce through the mask-based secure aggregation
   of Bonawitz et al. (CCS 2017), :mod:`fedrl.privacy.secure_aggregation`.
 
-Constructors: :func:`fedavg` (the plain chain), :func:`dp_fedavg`, :func:`secure_fedavg`,
+A client whose update is not finite (diverged local training) is excluded before any of
+this (:func:`exclude_nonfinite`, applied by the federated round for every aggregator).
+
+Constructors: :func:`fedavg` (the plain chain), :func:`fednova` (normalized averaging for
+parties that ran different numbers of local updates, Wang et al. NeurIPS 2020), :func:`dp_fedavg`, :func:`secure_fedavg`,
 :func:`dp_secure_fedavg`; server optimizers :func:`fedavg_optimizer`,
 :func:`fedavgm_optimizer`, :func:`fedadam_optimizer`.
 """
@@ -48,10 +52,13 @@ PyTree = Any
 
 @struct.dataclass
 class Cohort:
-    """Stacked client updates (leading axis K), weights [K] and participation mask [K]."""
+    """Stacked client updates (leading axis K), weights [K] and participation mask [K];
+    ``local_updates`` [K], the number of local gradient steps behind each update, is needed by
+    FedNova's normalization only (None elsewhere)."""
     updates: PyTree
     weights: jax.Array
     mask: jax.Array
+    local_updates: jax.Array | None = None
 
 
 class AggregationTransform(NamedTuple):
@@ -85,6 +92,35 @@ def _broadcast(vector: jax.Array, leaf: jax.Array) -> jax.Array:
     return vector.reshape(vector.shape + (1,) * (leaf.ndim - 1))
 
 
+def finite_updates(updates: PyTree) -> jax.Array:
+    """[K] bool: whether client k's whole update is finite (no NaN / inf in any leaf)."""
+    leaves = jax.tree.leaves(updates)
+    k = leaves[0].shape[0]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l.reshape(k, -1)), axis=1) for l in leaves]),
+                   axis=0)
+
+
+def exclude_nonfinite(cohort: Cohort) -> tuple[Cohort, jax.Array]:
+    """Drop clients whose update has a NaN or inf: the check a real client runs before it sends
+    (a diverged local training must not poison the global model). Returns the cohort with those
+    clients masked out *and their update set to zero* (``0 * NaN`` is NaN, so masking alone
+    would not keep them out of a sum), and the [K] finite flags.
+
+    For every aggregator this is a dropout: FedAvg's weighted mean and the secure mean
+    renormalise over the remaining clients; the secure sum never encodes the update (the
+    fixed-point encoding would otherwise turn NaN into an arbitrary ring element). Under DP
+    (fixed denominator q*N) an excluded client contributes exactly what a client sending the
+    zero update would: zero is inside the clip ball, so the sum's sensitivity stays C and the
+    Gaussian noise z*C still gives the accounted epsilon (whether a client is excluded depends
+    on its own data only, like any other function of its update).
+    """
+    finite = finite_updates(cohort.updates)
+    updates = jax.tree.map(lambda u: jnp.where(_broadcast(finite, u), u, jnp.zeros_like(u)),
+                           cohort.updates)
+    return cohort.replace(updates=updates, mask=jnp.where(finite, cohort.mask,
+                                                            jnp.zeros_like(cohort.mask))), finite
+
+
 def weighted_sum(cohort: Cohort) -> PyTree:
     """sum_k mask_k * weight_k * update_k, leaf by leaf."""
     coef = cohort.weights * cohort.mask
@@ -104,6 +140,46 @@ def weighted_mean() -> AggregationTransform:
 def fedavg() -> AggregationTransform:
     """Plain FedAvg aggregation (weighted mean of the participating clients' updates)."""
     return chain(weighted_mean())
+
+
+def normalize_by_local_updates() -> AggregationTransform:
+    """FedNova's normalization (Wang, Liu, Liang, Joshi, Poor, "Tackling the Objective
+    Inconsistency Problem in Heterogeneous Federated Optimization", NeurIPS 2020, Eq. 6 with
+    plain local SGD, a_k = 1 of length tau_k): client k's update becomes
+    ``tau_eff / tau_k * Delta_k``, tau_eff = sum_k p_k tau_k, p_k = m_k w_k / sum_j m_j w_j,
+    so that the :func:`weighted_mean` that follows gives
+    ``d = tau_eff * sum_k p_k Delta_k / tau_k``.
+
+    FedAvg's mean of Delta_k over-weights parties that ran more local updates: its fixed point
+    is the optimum of a surrogate objective weighted by p_k tau_k, not of sum_k p_k F_k (the
+    objective inconsistency); averaging the per-step progress Delta_k / tau_k removes it, and
+    tau_eff restores the step length. Equal tau_k give FedAvg exactly (up to float rounding).
+    A party with tau_k = 0 made no update and carries no gradient information: it is masked out
+    (neither in the mean nor in tau_eff) [reconstructed: the paper assumes tau_k >= 1].
+    With an adaptive local optimizer (the DQN's Adam) Delta_k / tau_k is FedNova's plain-SGD
+    normalization applied as is [reconstructed]. Needs ``cohort.local_updates``.
+    """
+    def fn(cohort: Cohort, key):
+        del key
+        if cohort.local_updates is None:
+            raise ConfigError("FedNova needs the cohort's local_updates (local gradient steps "
+                              "per client); the federated round provides them")
+        tau = cohort.local_updates.astype(jnp.float32)
+        mask = jnp.where(tau > 0, cohort.mask, jnp.zeros_like(cohort.mask))
+        p = cohort.weights * mask
+        total = jnp.sum(p)
+        tau_eff = jnp.sum(p * tau) / jnp.where(total > 0, total, 1.0)
+        scale = jnp.where(tau > 0, tau_eff / jnp.where(tau > 0, tau, 1.0), 0.0)
+        return cohort.replace(mask=mask, updates=jax.tree.map(
+            lambda u: (_broadcast(scale, u) * u).astype(u.dtype), cohort.updates))
+    return stateless(fn)
+
+
+def fednova() -> AggregationTransform:
+    """FedNova (Wang et al., NeurIPS 2020): normalized averaging,
+    ``d = tau_eff * sum_k p_k Delta_k / tau_k`` (:func:`normalize_by_local_updates` then the
+    weighted mean); the server step ``server_update`` with sgd(1) applies it as FedAvg does."""
+    return chain(normalize_by_local_updates(), weighted_mean())
 
 
 def server_update(params: PyTree, delta: PyTree, opt_state: optax.OptState,

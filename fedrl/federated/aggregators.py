@@ -14,7 +14,10 @@ result stores.
 * ``dp``: DP-FedAvg (McMahan, Ramage, Talwar, Zhang, ICLR 2018): clip to C, sum, Gaussian noise
   of std z*C on the sum, divide by the expected cohort q*N; needs Poisson client sampling;
 * ``dp_secure``: DP-FedAvg whose sum goes through secure aggregation, the server adding the
-  central noise to the unmasked sum.
+  central noise to the unmasked sum;
+* ``fednova``: FedNova's normalized averaging (Wang et al., NeurIPS 2020), for parties that ran
+  different numbers of local updates (``fed.round_deadline`` with ``fed.party_speeds``,
+  ``fed.min_local_fraction``); each party also sends its update count tau_k.
 """
 from __future__ import annotations
 
@@ -28,15 +31,15 @@ from fedrl.federated.round import FederatedConfig
 from fedrl.privacy.accounting import DPConfig
 from fedrl.privacy.quantization import FixedPoint
 
-KINDS = ("fedavg", "quantized", "secure", "dp", "dp_secure")
+KINDS = ("fedavg", "quantized", "secure", "dp", "dp_secure", "fednova")
 FLOAT32_BYTES = 4
-CLUSTERED_KINDS = ("fedavg", "quantized")   # aggregations that run per IFCA cluster
+CLUSTERED_KINDS = ("fedavg", "quantized", "fednova")   # aggregations that run per IFCA cluster
 CLUSTER_ID_BYTES = 4                        # IFCA: a party also reports its cluster (int32)
 
 
 @dataclasses.dataclass(frozen=True)
 class AggregatorConfig:
-    kind: Literal["fedavg", "quantized", "secure", "dp", "dp_secure"] = "fedavg"
+    kind: Literal["fedavg", "quantized", "secure", "dp", "dp_secure", "fednova"] = "fedavg"
     quantize_bits: int = 8             # quantized: bits per update coordinate
     clip_norm: float = 1.0             # DP: L2 bound C of one party's update
     noise_multiplier: float = 1.0      # DP: z (noise std z*C on the sum)
@@ -81,6 +84,8 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
         return aggregation.fedavg(), None
     if cfg.kind == "quantized":
         return aggregation.quantized_fedavg(cfg.quantize_bits), None
+    if cfg.kind == "fednova":
+        return aggregation.fednova(), None
     if cfg.kind == "secure":
         # Room for every party's value in the signed 32-bit ring: K * B * scale < 2^31.
         fp = FixedPoint(scale=2.0 ** 30 / (cfg.secure_value_bound * num_parties), bits=32,
@@ -113,6 +118,7 @@ def uplink_bytes_per_party(cfg: AggregatorConfig, num_params: int, num_clusters:
     ``CLUSTER_ID_BYTES`` more (its download, C models to choose from, is not counted here).
 
     * ``fedavg``: the update in float32 (4 bytes/parameter) and its aggregation weight;
+    * ``fednova``: the same plus its int32 number of local updates;
     * ``quantized``: ``quantize_bits`` bits/parameter (packed, rounded up to whole bytes), the
       float32 scale and the weight;
     * ``secure``: D + 1 ring elements of 32 bits (the weighted update and its weight tag);
@@ -126,6 +132,8 @@ def uplink_bytes_per_party(cfg: AggregatorConfig, num_params: int, num_clusters:
     extra = CLUSTER_ID_BYTES if num_clusters > 1 else 0
     if cfg.kind == "fedavg":
         return FLOAT32_BYTES * (d + 1) + extra
+    if cfg.kind == "fednova":      # also its number of local updates tau_k
+        return FLOAT32_BYTES * (d + 2) + extra
     if cfg.kind == "quantized":
         return -(-d * cfg.quantize_bits // 8) + 2 * FLOAT32_BYTES + extra
     if cfg.kind == "secure":

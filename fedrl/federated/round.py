@@ -12,8 +12,9 @@ FedAvg (McMahan et al., AISTATS 2017) applied to DQN agents, one per party (hosp
    budgets (system heterogeneity: adaptive local epochs), realised by masking steps, so shapes
    stay static. With several devices the cohort is split across them (``shard_map`` over a
    ``parties`` mesh axis, see ``FederatedConfig.devices``);
-4. each party's update is its trained weights minus the broadcast weights; stragglers that drop
-   after training are masked out;
+4. each party's update is its trained weights minus the broadcast weights; parties that drop
+   after training (``dropout_rate``), stragglers that miss the deadline and parties whose
+   update is not finite (NaN / inf: diverged training, not sent) are masked out;
 5. aggregation through an :class:`~fedrl.federated.aggregation.AggregationTransform` (plain
    FedAvg weighted by local sample counts by default; DP or secure chains plug in here) and a
    server optimizer step (``server_update``).
@@ -21,6 +22,29 @@ FedAvg (McMahan et al., AISTATS 2017) applied to DQN agents, one per party (hosp
 Every key is derived from the round key with ``fold_in`` (per round and per party id), so a run
 is reproducible and parties never share exploration noise. ``aggregation="none"`` gives the
 local-only baseline (no broadcast, no sharing).
+
+System heterogeneity (seed 000's "Variable Resources" and "Straggler Handling"; all off by
+default, the default round being bit-identical to the round without them):
+
+* ``min_local_fraction`` < 1: each round party k's budget is ceil(U[min_frac, 1] * local_steps)
+  steps (random per-round resources);
+* ``party_speeds`` and ``round_deadline``: party k can run at most
+  min(local_steps, floor(speed_k * deadline * local_steps)) steps before the server's deadline
+  (adaptive local steps; :func:`local_step_caps`, static and deterministic); the budget is
+  the smaller of this cap and the random one; a party whose cap is 0 is a straggler: it
+  trains nothing and is masked out like a dropout (metric ``stragglers``; ``party_steps``
+  holds each party's steps of the round);
+* a party whose update has a NaN / inf is excluded before aggregation for every aggregator
+  (metric ``nonfinite_updates``; why it keeps DP's guarantee:
+  :func:`fedrl.federated.aggregation.exclude_nonfinite`);
+* FedNova (Wang et al., NeurIPS 2020; ``AggregatorConfig(kind="fednova")``) averages
+  Delta_k / tau_k, tau_k a party's local gradient updates (``Cohort.local_updates``), so that
+  unequal budgets do not bias the global model towards the fast parties;
+* ``max_staleness`` = S > 0: bounded-staleness asynchronous aggregation simulated in rounds
+  (FedAsync, Xie, Koyejo, Gupta 2019): the state is an :class:`AsyncFederatedState` holding
+  the S previous global models; party k trains from the model s_k rounds old
+  (:func:`party_staleness`, from its speed) and its update is scaled by (1 + s_k)^-a
+  (:func:`staleness_weight`) before the aggregation.
 
 Two non-IID variants (both off by default; the default round is bit-identical to the round
 without them):
@@ -46,10 +70,12 @@ without them):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -57,8 +83,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from fedrl.agents.dqn import DQN, DQNState, EnvFns, tree_select
 from fedrl.config import require, require_in_range, require_positive
 from fedrl.federated import clustering, personalization
-from fedrl.federated.aggregation import (AggregationTransform, Cohort, fedadam_optimizer, fedavg,
-                                         fedavgm_optimizer, server_update)
+from fedrl.federated.aggregation import (AggregationTransform, Cohort, finite_updates,
+                                         fedadam_optimizer, fedavg, fedavgm_optimizer,
+                                         server_update)
 from fedrl.sharding import local_mesh, pad_leading, padded_size, split_leading, unpad_leading
 
 PyTree = Any
@@ -94,6 +121,21 @@ class FederatedConfig:
     # IFCA (Ghosh et al. 2020): the server keeps C models and each party joins the one with the
     # smallest TD loss on its replay buffer; 1 = plain FedAvg. See clustering.py.
     num_clusters: int = 1
+    # System heterogeneity (seed 000: "Variable Resources: adaptive local epochs", "Straggler
+    # Handling: timeout"); see local_step_caps. party_speeds: relative compute speed of each
+    # party (env steps per unit time, > 0), one per party; None = all equal (1).
+    # round_deadline: the server waits this long each round, in units of local_steps at speed
+    # 1; party k then runs min(local_steps, floor(speed_k * deadline * local_steps)) steps, and
+    # a party too slow for even one step is a straggler that misses the round. None = no
+    # deadline (synchronous FedAvg waits for everyone: speeds then change nothing).
+    party_speeds: tuple[float, ...] | None = None
+    round_deadline: float | None = None
+    # Bounded-staleness asynchronous aggregation simulated in rounds (FedAsync, Xie, Koyejo,
+    # Gupta 2019): party k trains from the global model s_k <= max_staleness rounds old (s_k
+    # from its speed, see party_staleness) and its update is scaled by (1 + s_k)^-a,
+    # a = staleness_exponent. 0 = synchronous rounds.
+    max_staleness: int = 0
+    staleness_exponent: float = 0.5
 
     def validate(self) -> None:
         require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
@@ -120,6 +162,29 @@ class FederatedConfig:
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= low,
                     f"fed.{name} must be an integer >= {low}, got {value!r}")
+        if self.party_speeds is not None:
+            speeds = self.party_speeds
+            require(isinstance(speeds, (tuple, list)) and len(speeds) >= 1
+                    and all(_is_positive_number(v) for v in speeds),
+                    f"fed.party_speeds must be None or a non-empty tuple of finite numbers > 0 "
+                    f"(one relative speed per party), got {speeds!r}")
+        if self.round_deadline is not None:
+            require(_is_positive_number(self.round_deadline),
+                    f"fed.round_deadline must be None or a finite number > 0 (in units of "
+                    f"local_steps at speed 1), got {self.round_deadline!r}")
+        require(isinstance(self.max_staleness, int) and not isinstance(self.max_staleness, bool)
+                and self.max_staleness >= 0,
+                f"fed.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        require(isinstance(self.staleness_exponent, (int, float))
+                and not isinstance(self.staleness_exponent, bool)
+                and math.isfinite(self.staleness_exponent) and self.staleness_exponent >= 0,
+                f"fed.staleness_exponent must be a finite number >= 0, got "
+                f"{self.staleness_exponent!r}")
+        require(self.max_staleness == 0 or (self.personal_layers == 0
+                                            and self.num_clusters == 1),
+                "fed.max_staleness > 0 (asynchronous aggregation) with fed.personal_layers / "
+                "fed.num_clusters is not implemented (a local-only run, fed.aggregation="
+                "'none', ignores it: nothing is shared)")
         require(self.personal_layers == 0 or self.num_clusters == 1,
                 "fed.personal_layers > 0 with fed.num_clusters > 1 (FedPer heads inside IFCA "
                 "clusters) is not implemented: use one of them")
@@ -127,6 +192,66 @@ class FederatedConfig:
                                                  and self.num_clusters == 1),
                 "fed.personal_layers and fed.num_clusters need fed.aggregation='fedavg' (a "
                 "local-only run shares nothing to personalize or cluster)")
+
+
+def _is_positive_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
+# floor(speed * deadline * local_steps) in float64: a product that is an integer on paper
+# (0.29 * 100) may land just below it; this relative slack rounds it up to that integer.
+_CAP_SLACK = 1e-9
+
+
+def local_step_caps(cfg: FederatedConfig, num_parties: int) -> np.ndarray:
+    """[K] int: the most local steps party k can run before the round deadline,
+    ``min(local_steps, floor(speed_k * round_deadline * local_steps))`` (``local_steps`` for
+    everyone without a deadline); 0 marks a straggler, which misses every round.
+
+    Adaptive local epochs under a timeout (seed 000's "Variable Resources" and "Straggler
+    Handling"; the deadline-based partial work of FedProx, Li et al., MLSys 2020, and the
+    variable tau_k of FedNova, Wang et al., NeurIPS 2020) [reconstructed: speeds are static
+    per party, deterministic given the config]. The round combines it with
+    ``min_local_fraction``'s random budget by taking the smaller of the two: the random draw
+    models the share of its workload a party's resources allow this round, the cap the work
+    its speed allows before the deadline (two independent limits) [reconstructed].
+    Raises ConfigError when ``party_speeds`` does not have one entry per party.
+    """
+    cfg.validate()
+    speeds = cfg.party_speeds
+    require(speeds is None or len(speeds) == num_parties,
+            f"fed.party_speeds has {0 if speeds is None else len(speeds)} entries but the "
+            f"federation has {num_parties} parties (one relative speed per party)")
+    if cfg.round_deadline is None:
+        return np.full((num_parties,), cfg.local_steps, np.int32)
+    speeds = np.ones(num_parties) if speeds is None else np.asarray(speeds, np.float64)
+    work = speeds * float(cfg.round_deadline) * cfg.local_steps
+    return np.minimum(cfg.local_steps, np.floor(work * (1 + _CAP_SLACK))).astype(np.int32)
+
+
+def party_staleness(cfg: FederatedConfig, num_parties: int) -> np.ndarray:
+    """[K] int: how many rounds old the global model is that party k trains from, under
+    bounded-staleness asynchronous aggregation (``fed.max_staleness`` = S > 0):
+    ``s_k = min(S, ceil(1 / speed_k) - 1)`` -- a party that needs 1 / speed_k rounds of wall
+    clock for its local work sends an update computed from the model it received that many
+    rounds earlier, less one [reconstructed: deterministic, from the static speeds; parties at
+    speed >= 1 are fresh]. Zeros when S = 0 or without ``party_speeds``.
+    """
+    cfg.validate()
+    if cfg.max_staleness == 0 or cfg.party_speeds is None:
+        return np.zeros((num_parties,), np.int32)
+    require(len(cfg.party_speeds) == num_parties,
+            f"fed.party_speeds has {len(cfg.party_speeds)} entries but the federation has "
+            f"{num_parties} parties (one relative speed per party)")
+    rounds = np.ceil(1.0 / np.asarray(cfg.party_speeds, np.float64) * (1 - _CAP_SLACK))
+    return np.clip(rounds - 1, 0, cfg.max_staleness).astype(np.int32)
+
+
+def staleness_weight(staleness: jax.Array, exponent: float) -> jax.Array:
+    """FedAsync's polynomial staleness function (Xie, Koyejo, Gupta, "Asynchronous Federated
+    Optimization", arXiv:1903.03934, 2019): s -> (1 + s)^-a; 1 for a fresh update."""
+    return jnp.power(1.0 + staleness.astype(jnp.float32), -float(exponent))
 
 
 # Server learning rate when ``fed.server_learning_rate`` is None: FedAvg / FedAvgM apply the
@@ -161,6 +286,15 @@ class FederatedState:
     aggregator_state: PyTree
     parties: DQNState          # stacked, leading axis K
     round: jax.Array           # int32
+
+
+@struct.dataclass
+class AsyncFederatedState(FederatedState):
+    """Bounded-staleness asynchronous aggregation (``fed.max_staleness`` = S > 0):
+    ``history`` holds the S previous global models, leading axis S, ``history[j]`` the model
+    of j + 1 rounds ago (the current one is ``global_params``). With S = 0 the round keeps the
+    plain :class:`FederatedState`."""
+    history: PyTree
 
 
 @struct.dataclass
@@ -204,6 +338,29 @@ def _take(tree: PyTree, idx: jax.Array) -> PyTree:
     return jax.tree.map(lambda x: x[idx], tree)
 
 
+def _client_updates(trained: PyTree, start: PyTree, participating: jax.Array
+                    ) -> tuple[PyTree, jax.Array, jax.Array]:
+    """Each party's update (``trained`` [K, ...] minus ``start``, [K, ...] or one model
+    broadcast), after the check a real client runs before sending: a party whose trained
+    weights hold a NaN / inf (diverged local training) sends nothing -- its update is zeroed
+    and it is masked out like a dropout (``0 * NaN`` is NaN: masking alone would not keep it
+    out of a sum). See :func:`~fedrl.federated.aggregation.exclude_nonfinite` for why this
+    keeps every aggregator's guarantee, DP's included. Returns (updates, participating, number
+    of parties excluded).
+
+    The check reads the trained weights, not the difference: with finite start weights the two
+    agree (short of an overflow past 1.7e38) and the difference is not read twice. All-finite
+    rounds are bit-identical to the round without the check for FedAvg, DP, secure, FedPer and
+    IFCA; the quantized chain's result moves by at most one float32 ulp (XLA fuses its
+    weighted sum differently once the mask depends on the trained weights).
+    """
+    finite = finite_updates(trained)
+    deltas = jax.tree.map(
+        lambda p, g: jnp.where(finite.reshape((-1,) + (1,) * (p.ndim - 1)), p - g,
+                               jnp.zeros((), p.dtype)), trained, start)
+    return deltas, participating & finite, jnp.sum(participating & ~finite)
+
+
 def party_mesh(devices: int = 0, cohort: int | None = None) -> Mesh:
     """A 1-D mesh with axis ``parties`` over the first ``devices`` local devices (0 = all of
     them), never more devices than the ``cohort`` has parties (see :mod:`fedrl.sharding`).
@@ -242,6 +399,9 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
     require(cfg.clients_per_round <= num_parties,
             f"fed.clients_per_round={cfg.clients_per_round} exceeds the {num_parties} parties")
     cohort = (cfg.clients_per_round or num_parties) if cfg.sampling == "fixed" else num_parties
+    caps = local_step_caps(cfg, num_parties)     # static: deterministic given the config
+    asynchronous = cfg.aggregation != "none" and cfg.max_staleness > 0
+    staleness = party_staleness(cfg, num_parties)
     mesh = party_mesh(cfg.devices, cohort)
     num_devices = mesh.devices.size
     # The cohort is padded to a multiple of the device count with copies of its first party,
@@ -305,10 +465,14 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         # FedPer: the aggregation chain only ever sees the shared leaves.
         agg_params = (global_params if mask is None
                       else personalization.shared_leaves(global_params, mask))
-        return FederatedState(global_params=global_params,
-                              server_opt_state=server_opt.init(global_params),
-                              aggregator_state=aggregator.init(agg_params),
-                              parties=keep_split(parties), round=jnp.zeros((), jnp.int32))
+        fields = dict(global_params=global_params,
+                      server_opt_state=server_opt.init(global_params),
+                      aggregator_state=aggregator.init(agg_params),
+                      parties=keep_split(parties), round=jnp.zeros((), jnp.int32))
+        if asynchronous:   # before round 0 every "older" model is the initial one
+            return AsyncFederatedState(
+                **fields, history=_broadcast(global_params, cfg.max_staleness))
+        return FederatedState(**fields)
 
     def step(state: FederatedState, key: jax.Array) -> tuple[FederatedState, dict]:
         rkey = jax.random.fold_in(key, state.round)
@@ -324,6 +488,13 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         budget_frac = jax.random.uniform(k_budget, (num_parties,), minval=cfg.min_local_fraction,
                                          maxval=1.0)[idx]
         budget = jnp.ceil(budget_frac * cfg.local_steps).astype(jnp.int32)
+        straggler = jnp.zeros((cohort,), bool)
+        if cfg.round_deadline is not None:
+            # Adaptive local steps: no party runs past the deadline; one that cannot finish a
+            # single step misses the round (trains nothing, masked out like a dropout).
+            cap = jnp.asarray(caps)[idx]
+            budget = jnp.minimum(budget, cap)
+            straggler = cap == 0
 
         # 2. Broadcast the global weights to the selected parties.
         selected = _take(state.parties, idx)
@@ -345,6 +516,11 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                     jnp.where(estimated[:, None], losses, jnp.nan))
             else:
                 start = _broadcast(state.global_params, cohort)
+            if asynchronous:
+                # Party k starts from the global model of s_k rounds ago.
+                models = jax.tree.map(lambda g, h: jnp.concatenate([g[None], h]),
+                                      state.global_params, state.history)
+                start = _take(models, jnp.asarray(staleness)[idx])
             if mask is not None:   # FedPer: the broadcast replaces the body, not the head
                 start = personalization.merge(mask, selected.params, start)
             selected = selected.replace(params=start)
@@ -372,11 +548,13 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
 
         # 4-5. Updates relative to the broadcast weights, dropouts, aggregation, server step.
         survived = jax.random.uniform(k_drop, (cohort,)) >= cfg.dropout_rate
-        participating = sampled & survived
+        participating = sampled & survived & ~straggler
         global_params, server_opt_state, agg_state = (
             state.global_params, state.server_opt_state, state.aggregator_state)
+        nonfinite = jnp.zeros((), jnp.int32)       # local-only: nothing is sent
         if federated and clustered:
-            deltas = jax.tree.map(jnp.subtract, trained.params, start)
+            deltas, participating, nonfinite = _client_updates(trained.params, start,
+                                                               participating)
             weights = summary["transitions"].astype(jnp.float32)
 
             def cluster_server(params, opt_state, agg_state_c, c):
@@ -384,7 +562,8 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                 its server state (no step: momentum / Adam do not move it either)."""
                 members = participating & (assigned == c)
                 delta, new_agg = aggregator.update(
-                    Cohort(updates=deltas, weights=weights, mask=members), agg_state_c,
+                    Cohort(updates=deltas, weights=weights, mask=members,
+                           local_updates=summary["updates"]), agg_state_c,
                     jax.random.fold_in(k_agg, c))
                 new_params, new_opt = server_update(params, delta, opt_state, server_opt)
                 return tree_select(jnp.any(members), (new_params, new_opt, new_agg),
@@ -398,22 +577,31 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         elif federated and mask is not None:
             # FedPer: only the shared leaves are sent and averaged; the server's copy of the
             # personal leaves stays at its initialisation (it is never broadcast).
-            deltas = [p - g[None] for p, g in zip(
+            deltas, participating, nonfinite = _client_updates(
                 personalization.shared_leaves(trained.params, mask),
-                personalization.shared_leaves(state.global_params, mask))]
+                personalization.shared_leaves(state.global_params, mask), participating)
             weights = summary["transitions"].astype(jnp.float32)
             shared_delta, agg_state = aggregator.update(
-                Cohort(updates=deltas, weights=weights, mask=participating), agg_state, k_agg)
+                Cohort(updates=deltas, weights=weights, mask=participating,
+                       local_updates=summary["updates"]), agg_state, k_agg)
             delta = personalization.with_shared(
                 jax.tree.map(jnp.zeros_like, global_params), mask, shared_delta)
             updated, server_opt_state = server_update(
                 global_params, delta, server_opt_state, server_opt)
             global_params = personalization.merge(mask, global_params, updated)
         elif federated:
-            deltas = jax.tree.map(lambda p, g: p - g[None], trained.params, state.global_params)
+            deltas, participating, nonfinite = _client_updates(
+                trained.params, start if asynchronous else state.global_params, participating)
+            if asynchronous:
+                # FedAsync: a stale update is shrunk by (1 + s_k)^-a before the aggregation.
+                shrink = staleness_weight(jnp.asarray(staleness)[idx], cfg.staleness_exponent)
+                deltas = jax.tree.map(
+                    lambda d: d * shrink.reshape((-1,) + (1,) * (d.ndim - 1)).astype(d.dtype),
+                    deltas)
             weights = summary["transitions"].astype(jnp.float32)
             delta, agg_state = aggregator.update(
-                Cohort(updates=deltas, weights=weights, mask=participating), agg_state, k_agg)
+                Cohort(updates=deltas, weights=weights, mask=participating,
+                       local_updates=summary["updates"]), agg_state, k_agg)
             global_params, server_opt_state = server_update(
                 global_params, delta, server_opt_state, server_opt)
 
@@ -426,11 +614,24 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             "loss": jnp.sum(summary["loss"] * sampled) / jnp.maximum(jnp.sum(sampled), 1),
             "updates": jnp.sum(summary["updates"]),
             "transitions": jnp.sum(summary["transitions"]),
+            # parties whose update had a NaN / inf and was not sent (excluded from participants)
+            "nonfinite_updates": nonfinite,
+            # sampled parties too slow for one step before fed.round_deadline
+            "stragglers": jnp.sum(sampled & straggler),
+            # local env steps each party ran this round (0: not sampled or a straggler)
+            "party_steps": jnp.zeros((num_parties,), jnp.int32).at[idx].set(
+                jnp.where(sampled, budget, 0)),
         }
         new_state = state.replace(global_params=global_params,
                                   server_opt_state=server_opt_state,
                                   aggregator_state=agg_state, parties=keep_split(parties),
                                   round=state.round + 1)
+        if asynchronous:
+            new_state = new_state.replace(history=jax.tree.map(
+                lambda g, h: jnp.concatenate([g[None], h[:-1]]), state.global_params,
+                state.history))
+            metrics["staleness"] = jnp.zeros((num_parties,), jnp.int32).at[idx].set(
+                jnp.where(sampled, jnp.asarray(staleness)[idx], 0))
         if clustered:
             clusters = state.clusters.at[idx].set(assigned)
             new_state = new_state.replace(clusters=clusters)

@@ -1,0 +1,183 @@
+"""System heterogeneity in the federated round: non-finite updates excluded, per-party speeds
+with a round deadline (adaptive local steps, stragglers), FedNova's normalized averaging."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedrl.agents.dqn import DQNConfig, make_dqn
+from fedrl.federated.aggregators import AggregatorConfig, build_aggregator
+from fedrl.config import ConfigError
+from fedrl.federated.aggregation import Cohort, fedavg, fednova
+from fedrl.federated.round import (FederatedConfig, local_step_caps, make_federated_round,
+                                   party_staleness, staleness_weight)
+from tests import toy_env
+
+DQN_CFG = DQNConfig(hidden_sizes=(8,), batch_size=8, buffer_capacity=200, learning_starts=16,
+                    epsilon_decay_steps=100, target_update_every=10, learning_rate=1e-3)
+
+
+def _toy_params(reward_scales):
+    k = len(reward_scales)
+    return toy_env.ToyParams(horizon=jnp.full((k, 1), 8, jnp.int32),
+                             reward_scale=jnp.asarray(reward_scales, jnp.float32)[:, None])
+
+
+def _one_round(env_params, kind="fedavg", key=1, **fed):
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(**{"num_rounds": 1, "local_steps": 30, **fed})
+    k = env_params.horizon.shape[0]
+    agg, _ = build_aggregator(AggregatorConfig(kind=kind, noise_multiplier=0.1), k, cfg)
+    rnd = make_federated_round(dqn, toy_env.ENV, env_params, cfg, agg)
+    state = rnd.init(jax.random.key(0))
+    before = jax.tree.map(np.asarray, state.global_params)
+    new, metrics = rnd.step(state, jax.random.key(key))
+    return before, new, metrics
+
+
+@pytest.mark.parametrize("kind,fed", [("fedavg", {}),
+                                      ("dp", {"sampling": "poisson", "sampling_rate": 1.0})])
+def test_nonfinite_update_is_excluded(kind, fed):
+    # Party 1's rewards are NaN: its TD loss, gradients and weights become NaN.
+    before, new, metrics = _one_round(_toy_params([1.0, np.nan, 2.0]), kind, **fed)
+    trained = jax.tree.map(np.asarray, new.parties.params)
+    assert not all(np.all(np.isfinite(x[1])) for x in jax.tree.leaves(trained))
+    assert int(metrics["nonfinite_updates"]) == 1
+    assert int(metrics["participants"]) == 2
+    for leaf in jax.tree.leaves(new.global_params):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    if kind == "fedavg":
+        # The weighted mean of the two finite parties' deltas (equal transition counts).
+        expected = jax.tree.map(lambda p, g: g + (p[0] - g + p[2] - g) / 2, trained, before)
+        for got, want in zip(jax.tree.leaves(new.global_params), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_local_step_caps_and_validation():
+    cfg = FederatedConfig(local_steps=30, party_speeds=(1.0, 0.5, 0.03, 2.0), round_deadline=0.8)
+    np.testing.assert_array_equal(local_step_caps(cfg, 4), [24, 12, 0, 30])
+    # 0.29 * 100 is 28.999999999999996 in floating point: still 29 steps.
+    cfg = FederatedConfig(local_steps=100, party_speeds=(0.29,), round_deadline=1.0)
+    np.testing.assert_array_equal(local_step_caps(cfg, 1), [29])
+    np.testing.assert_array_equal(local_step_caps(FederatedConfig(local_steps=7), 2), [7, 7])
+    with pytest.raises(ConfigError, match="fed.party_speeds has 2 entries"):
+        local_step_caps(FederatedConfig(party_speeds=(1.0, 2.0), round_deadline=1.0), 3)
+    for bad in [dict(party_speeds=(1.0, 0.0)), dict(party_speeds=(1.0, float("nan"))),
+                dict(party_speeds=()), dict(round_deadline=0.0), dict(round_deadline=-1.0)]:
+        name = "fed.party_speeds" if "party_speeds" in bad else "fed.round_deadline"
+        with pytest.raises(ConfigError, match=name):
+            FederatedConfig(**bad).validate()
+    with pytest.raises(ConfigError, match="fed.party_speeds"):
+        make_federated_round(make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS), toy_env.ENV,
+                             toy_env.stacked_params(3),
+                             FederatedConfig(party_speeds=(1.0, 2.0), round_deadline=1.0))
+
+
+def _fednova_numpy(updates, weights, mask, tau):
+    """FedNova, Wang et al. 2020: d = tau_eff sum_k p_k Delta_k / tau_k over the participants
+    with tau_k > 0, p_k their FedAvg weights, tau_eff = sum_k p_k tau_k."""
+    keep = mask & (tau > 0)
+    p = np.where(keep, weights, 0.0) / np.sum(np.where(keep, weights, 0.0))
+    tau_eff = np.sum(p * tau)
+    safe = np.where(tau > 0, tau, 1.0)
+    return {n: tau_eff * np.tensordot(p / safe, u.astype(np.float64), 1)
+            for n, u in updates.items()}
+
+
+def _aggregate(agg, cohort):
+    return jax.jit(agg.update)(cohort, agg.init(None), jax.random.key(0))[0]
+
+
+def test_fednova_equals_numpy_and_fedavg_with_equal_tau():
+    rng = np.random.default_rng(3)
+    updates = {"w": rng.normal(size=(6, 3, 2)).astype(np.float32),
+               "b": rng.normal(size=(6, 2)).astype(np.float32)}
+    weights = rng.integers(5, 50, 6).astype(np.float32)
+    mask = np.array([True, True, False, True, True, True])
+    tau = np.array([10, 3, 7, 0, 25, 1], np.int32)
+    cohort = Cohort(updates=jax.tree.map(jnp.asarray, updates), weights=jnp.asarray(weights),
+                    mask=jnp.asarray(mask), local_updates=jnp.asarray(tau))
+    got = _aggregate(fednova(), cohort)
+    want = _fednova_numpy(updates, weights, mask, tau)
+    plain = _aggregate(fedavg(), cohort)
+    for n in updates:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got[n], plain[n], rtol=1e-3)   # unequal tau: not FedAvg
+    equal = cohort.replace(local_updates=jnp.full((6,), 4, jnp.int32))
+    for a, b in zip(jax.tree.leaves(_aggregate(fednova(), equal)),
+                    jax.tree.leaves(_aggregate(fedavg(), equal))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # Nobody with an update: a zero update, not a NaN.
+    none = cohort.replace(local_updates=jnp.zeros((6,), jnp.int32))
+    for leaf in jax.tree.leaves(_aggregate(fednova(), none)):
+        np.testing.assert_array_equal(leaf, 0.0)
+    with pytest.raises(ConfigError, match="local_updates"):
+        _aggregate(fednova(), cohort.replace(local_updates=None))
+
+
+def test_deadline_fednova_round_matches_numpy():
+    """One FedNova round under a deadline with random budgets and a straggler: the budgets, the
+    straggler mask and the global update, all recomputed independently."""
+    k, steps, frac = 3, 30, 0.5
+    speeds = (1.0, 0.6, 0.02)
+    before, new, m = _one_round(toy_env.stacked_params(k), "fednova", min_local_fraction=frac,
+                                party_speeds=speeds, round_deadline=0.9)
+    caps = np.array([27, 16, 0])    # floor(speed * 0.9 * 30), by hand
+    # The round's random budgets, re-derived from its key (fixed cohort of everyone).
+    rkey = jax.random.fold_in(jax.random.key(1), 0)
+    k_sample, k_budget = jax.random.split(rkey, 5)[:2]
+    idx = np.asarray(jax.random.permutation(k_sample, k))
+    u = np.asarray(jax.random.uniform(k_budget, (k,), minval=frac, maxval=1.0))[idx]
+    budget = np.zeros(k, int)
+    budget[idx] = np.minimum(np.ceil(u * steps).astype(int), caps[idx])
+    np.testing.assert_array_equal(m["party_steps"], budget)
+    np.testing.assert_array_equal(new.parties.steps, budget)
+    assert int(m["stragglers"]) == 1 and int(m["participants"]) == 2
+    tau = np.asarray(new.parties.updates)          # local gradient steps this round
+    assert tau[2] == 0 and tau[0] != tau[1]
+    trained = jax.tree.map(np.asarray, new.parties.params)
+    deltas = {str(i): p - g[None] for i, (p, g) in enumerate(
+        zip(jax.tree.leaves(trained), jax.tree.leaves(before)))}
+    want = _fednova_numpy(deltas, budget.astype(np.float64), np.array([True, True, False]), tau)
+    for i, (got, g) in enumerate(zip(jax.tree.leaves(new.global_params),
+                                     jax.tree.leaves(before))):
+        np.testing.assert_allclose(got, g + want[str(i)], rtol=1e-5, atol=1e-6)
+
+
+def test_party_staleness_and_async_config_errors():
+    cfg = FederatedConfig(max_staleness=3, party_speeds=(1.0, 0.5, 0.4, 1 / 3, 0.1, 2.0))
+    np.testing.assert_array_equal(party_staleness(cfg, 6), [0, 1, 2, 2, 3, 0])
+    np.testing.assert_array_equal(party_staleness(FederatedConfig(max_staleness=2), 2), [0, 0])
+    np.testing.assert_allclose(staleness_weight(jnp.array([0, 1, 3]), 0.5),
+                               [1.0, 2 ** -0.5, 0.5], rtol=1e-6)
+    for bad, name in [(dict(max_staleness=-1), "fed.max_staleness"),
+                      (dict(staleness_exponent=-0.5), "fed.staleness_exponent"),
+                      (dict(max_staleness=1, personal_layers=1), "fed.max_staleness"),
+                      (dict(max_staleness=1, num_clusters=2), "fed.max_staleness")]:
+        with pytest.raises(ConfigError, match=name):
+            FederatedConfig(**bad).validate()
+
+
+def test_async_round_trains_from_stale_models_and_shrinks_their_updates():
+    """FedAsync in rounds: party 1 (speed 0.5, staleness 1) trains from the global model of
+    the previous round and its update is scaled by (1 + 1)^-0.5; recomputed in NumPy."""
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(num_rounds=2, local_steps=30, party_speeds=(1.0, 0.5),
+                          max_staleness=1, staleness_exponent=0.5)
+    rnd = make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(2), cfg)
+    state = rnd.init(jax.random.key(0))
+    g0 = jax.tree.map(np.asarray, state.global_params)
+    state, _ = rnd.step(state, jax.random.key(1))
+    g1 = jax.tree.map(np.asarray, state.global_params)
+    np.testing.assert_array_equal(jax.tree.leaves(state.history)[0][0], jax.tree.leaves(g0)[0])
+    state, m = rnd.step(state, jax.random.key(1))
+    np.testing.assert_array_equal(m["staleness"], [0, 1])
+    trained = jax.tree.map(np.asarray, state.parties.params)
+    shrink = np.array([1.0, 2 ** -0.5])
+    for got, t, a, b, h in zip(jax.tree.leaves(state.global_params), jax.tree.leaves(trained),
+                               jax.tree.leaves(g1), jax.tree.leaves(g0),
+                               jax.tree.leaves(state.history)):
+        start = np.stack([a, b])                    # party 0 from g1, party 1 from g0
+        want = a + np.tensordot(shrink / 2, t - start, 1)   # equal step counts
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(h[0], a)      # the ring now holds g1
