@@ -12,9 +12,16 @@ import math
 import numbers
 from typing import Literal
 
-from fedrl.config import require, require_positive
+import numpy as np
+
+from fedrl.config import require, require_in_range, require_positive
 from fedrl.fedltd.encoding import LSHConfig
 from fedrl.privacy.quantization import FixedPoint
+
+
+def _is_int(value) -> bool:
+    """An integer that is not a bool (``True`` passes ``isinstance(x, int)``)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +76,19 @@ class FedLTDConfig:
     decline_far_pairs: bool = True
 
     def validate(self, num_platforms: int | None = None) -> None:
-        require(isinstance(self.aggregation_period, int) and self.aggregation_period >= 1,
+        for name in ("share_models", "share_decisions", "decline_far_pairs"):
+            value = getattr(self, name)
+            # a string such as "no" is truthy: it would silently switch the step on
+            require(isinstance(value, (bool, np.bool_)),
+                    f"fedltd.{name} must be a bool, got {value!r}")
+        require(_is_int(self.aggregation_period) and self.aggregation_period >= 1,
                 f"fedltd.aggregation_period must be an integer >= 1 (batches), got "
                 f"{self.aggregation_period!r}")
         require(self.aggregation_weights in ("uniform", "orders"),
                 f"fedltd.aggregation_weights must be uniform or orders, got "
                 f"{self.aggregation_weights!r}")
         require_positive("fedltd.weight_cap", self.weight_cap)
-        require(0.0 < self.mix <= 1.0, f"fedltd.mix must be in (0, 1], got {self.mix!r}")
+        require_in_range("fedltd.mix", self.mix, 0.0, 1.0, low_open=True)
         require(self.model_aggregation in ("masks", "plain"),
                 f"fedltd.model_aggregation must be masks or plain, got "
                 f"{self.model_aggregation!r}")
@@ -97,15 +109,20 @@ class FedLTDConfig:
         require(self.weight_upper > self.weight_lower,
                 f"fedltd.weight_upper ({self.weight_upper}) must exceed weight_lower "
                 f"({self.weight_lower})")
+        # the server's matching (like local matching) never assigns a pair of weight <= 0,
+        # so orders released in (weight_lower, 0] would be candidates that can never match
+        require(self.weight_lower >= 0,
+                f"fedltd.weight_lower must be >= 0 (the server matches positive weights "
+                f"only), got {self.weight_lower!r}")
         for name in ("max_residual_drivers", "code_refresh", "server_k", "server_rows", "server_columns"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1,
+            require(_is_int(value) and value >= 1,
                     f"fedltd.{name} must be an integer >= 1, got {value!r}")
         require(self.server_matcher in ("auction", "hungarian", "greedy"),
                 f"fedltd.server_matcher must be auction, hungarian or greedy, got "
                 f"{self.server_matcher!r}")
-        require(self.collision_bonus >= 0,
-                f"fedltd.collision_bonus must be >= 0, got {self.collision_bonus!r}")
+        # finite: an infinite bonus makes every server weight inf and nothing gets matched
+        require_positive("fedltd.collision_bonus", self.collision_bonus, allow_zero=True)
 
     @property
     def noisy(self) -> bool:

@@ -174,10 +174,11 @@ class LSHConfig:
     def validate(self) -> None:
         require(self.kind in LSH_KINDS,
                 f"kind must be one of {list(LSH_KINDS)}, got {self.kind!r}")
-        require(isinstance(self.num_hashes, int) and 1 <= self.num_hashes <= 8,
+        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        require(is_int(self.num_hashes) and 1 <= self.num_hashes <= 8,
                 f"num_hashes must be an int in [1, 8] (the keyed MD5 code hashes 4 salt words, "
                 f"the table index and the m buckets in one block), got {self.num_hashes!r}")
-        require(isinstance(self.num_tables, int) and self.num_tables >= 1,
+        require(is_int(self.num_tables) and self.num_tables >= 1,
                 f"num_tables must be an int >= 1, got {self.num_tables!r}")
         require_positive("bucket_width_m", self.bucket_width_m)
         require(self.code_hash in CODE_HASHES,

@@ -94,7 +94,9 @@ class CrossLog:
     declined: jnp.ndarray      # ... declined by the driver's platform (too far)
     matched: jnp.ndarray       # executed (cancellations included)
     revenue: jnp.ndarray       # fares of completed cross-platform trips
-    driver_overflow: jnp.ndarray  # idle drivers not sent (max_residual_drivers, stale codes)
+    driver_overflow: jnp.ndarray  # idle drivers beyond max_residual_drivers (not sent: a cap)
+    driver_stale: jnp.ndarray     # idle drivers whose codes wait for the refresh budget
+                                  # (code_refresh; not sent this batch, by design)
     server_rows_dropped: jnp.ndarray     # orders with candidates beyond server_rows
     server_columns_dropped: jnp.ndarray  # candidate drivers beyond server_columns
 
@@ -121,6 +123,15 @@ class Knobs:
         if unknown:
             raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(values)}")
         values.update(overrides)
+        # a knob can only switch OFF what the static config compiled in: the day drops step 2
+        # / step 3 at trace time when the static flag is off, so "on" would be ignored
+        for flag in ("share_models", "share_decisions"):
+            if bool(values[flag]) and not getattr(fcfg, flag):
+                raise ConfigError(f"knob {flag}=True cannot switch on what the static config "
+                                  f"compiled out (fedltd.{flag}=False); set the config field")
+        if "bucket_width_m" in overrides and fcfg.lsh.kind == "exact":
+            raise ConfigError("knob bucket_width_m has no effect with lsh.kind='exact' (the "
+                              "server uses true distances)")
         if not float(values["epsilon_p"]) > 0:
             raise ConfigError(f"epsilon_p must be > 0 (inf for no noise), got "
                               f"{values['epsilon_p']!r}")
@@ -253,7 +264,8 @@ def refresh_codes(cache: DriverCodes, drivers, lsh: encoding.LSHParams,
 def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParams, key,
                     cfg: SimConfig, fcfg: FedLTDConfig, epsilon=None,
                     cache: DriverCodes | None = None):
-    """EncodeRBG of one platform -> (OrderMessage, DriverMessage, sent driver ids, overflow).
+    """EncodeRBG of one platform -> (OrderMessage, DriverMessage, sent driver ids,
+    not sent i32[2] = (beyond max_residual_drivers, stale cached codes)).
 
     The order weights are clipped to [weight_lower, weight_upper] and released with
     Laplace(Delta / eps_p) noise (eps_p = inf: clipped only); ``epsilon`` (traced) overrides
@@ -289,7 +301,8 @@ def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParam
     drivers = DriverMessage(
         digest=jnp.where(sent[:, None], encoding.salted_digest(salt, ids, platform), 0),
         codes=jnp.where(sent[:, None], driver_codes, 0), valid=sent)
-    return orders, drivers, jnp.where(sent, ids, -1), overflow + jnp.sum((ids >= 0) & ~sent)
+    not_sent = jnp.stack([overflow, jnp.sum((ids >= 0) & ~sent)]).astype(jnp.int32)
+    return orders, drivers, jnp.where(sent, ids, -1), not_sent
 
 
 def server_config(cfg: SimConfig, fcfg: FedLTDConfig, num_orders: int) -> SimConfig:
@@ -476,8 +489,8 @@ def oracle_weights(sim: SimState, dist, driver_xy, now, cfg: SimConfig):
 
 def encode_all(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
                fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
-    """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], overflow
-    [K]). ``key`` gives the batch's salt (shared by the platforms) and their noise."""
+    """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], not sent
+    [K, 2] (cap, stale codes) as in :func:`encode_residual`). ``key`` gives the batch's salt (shared by the platforms) and their noise."""
     K = sim.pending.valid.shape[0]
     k_salt, k_noise = jax.random.split(key)
     salt = encoding.batch_salt(k_salt)
@@ -518,7 +531,8 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
     log = CrossLog(candidates=f(cand), false_pairs=f(cand & ~near), near_pairs=f(near),
                    near_found=f(cand & near), proposed=f(proposed), declined=f(declined),
                    matched=f(pairs.executed), revenue=revenue.astype(jnp.float32),
-                   driver_overflow=f(overflow), server_rows_dropped=f(rows_dropped),
+                   driver_overflow=f(overflow[:, 0]), driver_stale=f(overflow[:, 1]),
+                   server_rows_dropped=f(rows_dropped),
                    server_columns_dropped=f(cols_dropped))
     return sim, log, pairs
 
