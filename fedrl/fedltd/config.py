@@ -34,6 +34,11 @@ class FedLTDConfig:
     # weights of the average: "uniform", or "orders" (orders seen so far, capped at
     # weight_cap and revealed only inside the secure sum, as in secure FedAvg)
     aggregation_weights: Literal["uniform", "orders"] = "orders"
+    # weights of the day's first round (batch 0, the pretrained tables, no order seen yet):
+    # "equal" (every platform weight_cap: the earlier behaviour) or "training_orders" (the
+    # orders each table was pretrained on, scaled so the largest gets weight_cap; revealed
+    # only inside the secure sum) [reconstructed]
+    first_round_weights: Literal["equal", "training_orders"] = "equal"
     # public cap of the weights (orders); the masked mean encodes min(w / cap, 1) * V, so the
     # cap should be near the orders a platform sees in a day (above it weights saturate)
     weight_cap: float = 1.0e5
@@ -67,6 +72,13 @@ class FedLTDConfig:
     server_rows: int = 32
     server_columns: int = 64
     server_matcher: Literal["auction", "hungarian", "greedy"] = "auction"
+    # how the server breaks ties among equally colliding candidate drivers of an order and
+    # which orders keep a matrix row when more have candidates than server_rows:
+    # "random" (a per-batch server key: a random column order with a random start per row,
+    # and a random row order before compaction, so no platform is favoured and co-located
+    # orders do not all keep the same server_k drivers) or "index" (lower index first, i.e.
+    # lower platform, then lower slot: the earlier behaviour) [reconstructed]
+    server_tie_break: Literal["random", "index"] = "random"
     # server weight = noisy order weight + collision_bonus * (colliding tables / L): among
     # drivers of one order, prefer those whose location collides in more tables
     # [reconstructed: the server has nothing else to rank them by]
@@ -87,6 +99,9 @@ class FedLTDConfig:
         require(self.aggregation_weights in ("uniform", "orders"),
                 f"fedltd.aggregation_weights must be uniform or orders, got "
                 f"{self.aggregation_weights!r}")
+        require(self.first_round_weights in ("equal", "training_orders"),
+                f"fedltd.first_round_weights must be equal or training_orders, got "
+                f"{self.first_round_weights!r}")
         require_positive("fedltd.weight_cap", self.weight_cap)
         require_in_range("fedltd.mix", self.mix, 0.0, 1.0, low_open=True)
         require(self.model_aggregation in ("masks", "plain"),
@@ -118,6 +133,9 @@ class FedLTDConfig:
             value = getattr(self, name)
             require(_is_int(value) and value >= 1,
                     f"fedltd.{name} must be an integer >= 1, got {value!r}")
+        require(self.server_tie_break in ("random", "index"),
+                f"fedltd.server_tie_break must be random or index, got "
+                f"{self.server_tie_break!r}")
         require(self.server_matcher in ("auction", "hungarian", "greedy"),
                 f"fedltd.server_matcher must be auction, hungarian or greedy, got "
                 f"{self.server_matcher!r}")

@@ -63,6 +63,9 @@ class Market:
     order_share: list        # realised shares of orders / drivers per platform
     driver_share: list
     train_eval_same_day: bool
+    # orders each platform's value table was pretrained on ([K]; the first aggregation's
+    # weights with FedLTDConfig.first_round_weights="training_orders")
+    train_orders: list = dataclasses.field(default_factory=list)
 
 
 def _assign(x_m, shares, skew, width_m, seed, salt):
@@ -116,7 +119,8 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
                   infos=[i for _, i in parts], global_info=global_info,
                   order_share=(np.bincount(op, minlength=K) / max(len(op), 1)).tolist(),
                   driver_share=(np.bincount(dp, minlength=K) / max(len(dp), 1)).tolist(),
-                  train_eval_same_day=bool(leak))
+                  train_eval_same_day=bool(leak),
+                  train_orders=[int(np.sum(tp == k)) for k in range(K)])
 
 
 def pad_together(stacks: list) -> list:

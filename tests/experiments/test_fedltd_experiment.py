@@ -48,6 +48,11 @@ def test_smoke_run_writes_all_tables_and_resumes(tmp_path):
     assert "drivers not sent" in table
     if any(x.get("overflow", {}).get("driver_overflow", 0) > 0 for x in m.values()):
         assert "driver_overflow" in results["overflow_warning"]
+    # table 5: the auction's optimality gap against the exact optimum (finding 6)
+    for name in ("local", "server"):
+        assert -1e-6 <= eff[f"{name}_gap"] < 0.05, (name, eff[f"{name}_gap"])
+        assert eff[f"{name}_gap_batches"]["batches"] > 0
+    assert "Optimality gap" in table
     # table 5's own programs count in the compile time (finding 10)
     assert 0 < results["efficiency"]["compile_s"] <= results["compile_time_s"]
     eff = results["efficiency"]
@@ -123,7 +128,8 @@ def test_step3_counters_reach_the_overflow_warning():
     from fedrl.fedltd.protocol import CrossLog, FedLTDLog
 
     def log(**counts):
-        cross = CrossLog(**{f: np.zeros(3, np.float32) for f in CrossLog.__dataclass_fields__})
+        cross = CrossLog(**{f: np.zeros((3, 2) if f == "rows_dropped_by_platform" else 3,
+                                         np.float32) for f in CrossLog.__dataclass_fields__})
         cross = cross.replace(**{k: np.asarray(v, np.float32) for k, v in counts.items()})
         return FedLTDLog(local=None, cross=cross, aggregated=np.zeros(3, bool),
                          max_releases=np.zeros(3, np.int32))
@@ -141,3 +147,28 @@ def test_step3_counters_reach_the_overflow_warning():
     assert "driver_stale" not in note and "waiting" not in note
     assert overflow_note(methods(log(driver_stale=[3, 0, 0]))) == ""   # by design: no warning
     assert "server_rows_dropped" in overflow_note(methods(log(server_rows_dropped=[0, 0, 2])))
+
+
+def test_matching_gaps_sum_objectives_over_the_window():
+    """Review finding 6: Table 5's optimality gap = 1 - sum(objective) / sum(optimum)."""
+    import numpy as np
+    from types import SimpleNamespace as NS
+    log = NS(local=NS(total=np.array([[9.0, 0.0], [4.0, 5.0]]),
+                      exact=np.array([[10.0, 0.0], [4.0, 6.0]])),
+             cross=NS(server_total=np.array([3.0, 0.0]), server_exact=np.array([3.0, 0.0])))
+    g = fedltd.matching_gaps(log)
+    assert g["local_gap"] == pytest.approx(1 - 18 / 20)
+    assert g["local_gap_batches"]["batches"] == 3
+    assert g["local_gap_batches"]["max"] == pytest.approx(1 / 6)
+    assert g["server_gap"] == 0.0
+
+
+def test_paper_weight_cap_covers_a_platforms_daily_orders():
+    """Review finding 5: at paper scale (231k orders/day, shares up to 0.6) the default cap
+    1e5 would saturate; the paper preset derives its cap, and validate refuses a low one."""
+    from fedrl.config import override
+    paper = fedltd.PRESETS["paper"]()
+    paper.validate()
+    assert paper.fedltd.weight_cap >= paper.expected_platform_orders() > 1e5
+    with pytest.raises(ConfigError, match="weight_cap"):
+        override(paper, ["fedltd.weight_cap=100000.0"])

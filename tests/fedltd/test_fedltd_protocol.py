@@ -194,7 +194,7 @@ def test_exact_decision_aggregation_reaches_global_residual_matching(traced):
         scfg = protocol.server_config(CFG, fcfg, K * P)
         for matcher in ("hungarian", "auction"):
             f = dataclasses.replace(fcfg, server_matcher=matcher)
-            decision, (_, total, _, _) = jax.jit(protocol.server_match,
+            decision, (_, total, *_) = jax.jit(protocol.server_match,
                                                  static_argnums=(1, 2))(
                 view, f, scfg, (dist, weight))
             # reference: cross-platform edges within the radius between valid residual nodes
@@ -250,6 +250,18 @@ def test_secure_model_aggregation_equals_plain_average():
     first = aggregate_models(values, jnp.zeros(3), key, FED, first=True)
     np.testing.assert_allclose(np.asarray(first[0]), np.asarray(values).mean(0),
                                atol=2.0 / FED.fixed_point.scale)
+    # first_round_weights="training_orders" (review finding 2): the first round weighs each
+    # pretrained table by the orders it was trained on, through the masks
+    by_train = dataclasses.replace(FED, first_round_weights="training_orders")
+    train = jnp.array([5.0, 3.0, 2.0])
+    got = aggregate_models(values, jnp.zeros(3), key, by_train, first=True, train_orders=train)
+    ref = np.tensordot(np.array([0.5, 0.3, 0.2]), np.asarray(values), axes=1)
+    np.testing.assert_allclose(np.asarray(got[0]), ref, atol=4.0 / FED.fixed_point.scale)
+    assert np.abs(np.asarray(got[0]) - np.asarray(values).mean(0)).max() > 1.0   # not equal
+    # later rounds are unchanged by the option
+    np.testing.assert_array_equal(
+        np.asarray(aggregate_models(values, orders, key, by_train, train_orders=train)),
+        np.asarray(aggregate_models(values, orders, key, FED)))
     # blending: mix 0.5 keeps half of the own table
     half = dataclasses.replace(FED, mix=0.5, model_aggregation="plain")
     mean = average_values(values, jnp.ones(3), key, half)
@@ -482,3 +494,83 @@ def test_market_from_gaia_files(tmp_path):
     assert m.days.driver_x.shape[0] == 2 and m.train_eval_same_day   # one file: flagged
     assert sum(i.num_orders for i in m.infos) == m.global_info.num_orders > 0
     assert abs(m.order_share[0] - 0.6) < 0.1
+
+
+def test_rekeyed_codes_unlink_batches_and_keep_collisions(traced):
+    """Review finding 1: with ``lsh.rekey_codes_per_batch`` an idle driver who did not move
+    is sent with other codes in the next batch (the server cannot link him by his code
+    tuple), while the collisions within a batch (who is a candidate of whom) are exactly
+    those of the day-keyed codes. Off, his codes repeat (the documented limitation)."""
+    sim, now = traced["residuals"][0]
+    lsh = traced["state"].lsh
+    off = traced["fcfg"]
+    on = dataclasses.replace(off, lsh=dataclasses.replace(off.lsh, rekey_codes_per_batch=True))
+
+    def views(fcfg):
+        cache = jax.vmap(lambda d: protocol.init_codes(d, lsh, fcfg))(sim.drivers)
+        enc = jax.jit(lambda k: protocol.encode_all(sim, lsh, k, now, CFG, fcfg, cache=cache))
+        return [jax.device_get(enc(jax.random.PRNGKey(b))) for b in (11, 12)]  # 2 batches
+
+    def hits(view):   # collision counts among every sent order and driver code
+        c = np.concatenate([np.asarray(m.codes).reshape(-1, off.lsh.num_tables)
+                            for m in (view.orders, view.drivers)])
+        v = np.concatenate([np.asarray(m.valid).reshape(-1) for m in (view.orders, view.drivers)])
+        c = c[v]
+        return (c[:, None, :] == c[None, :, :]).sum(-1) - np.eye(len(c), dtype=int) * c.shape[1]
+
+    (a0, ids0, _), (a1, ids1, _) = views(off)
+    (b0, idr0, _), (b1, idr1, _) = views(on)
+    for ids in (ids1, idr0, idr1):
+        np.testing.assert_array_equal(np.asarray(ids), np.asarray(ids0))  # the same drivers
+    sent = np.asarray(a0.drivers.valid)
+    assert sent.sum() >= 3
+    codes = lambda v: np.asarray(v.drivers.codes)[sent]
+    np.testing.assert_array_equal(codes(a0), codes(a1))        # off: linkable
+    assert np.all(codes(b0) != codes(b1))                      # on: every code changes
+    assert not np.isin(codes(b0), codes(a0)).any()             # and is not the day's code
+    for a, b in ((a0, b0), (a1, b1)):                          # collisions unchanged
+        np.testing.assert_array_equal(hits(a), hits(b))
+    assert (hits(a0) > 0).any()
+
+
+def _crowded_view(K=2, P=24, R=24, L=4):
+    """Every order and driver of K platforms in the same cells, equal weights and supply."""
+    rng = np.random.default_rng(0)
+    dig = lambda n: rng.integers(1, 2 ** 32, (K, n, 4), dtype=np.uint64).astype(np.uint32)
+    same = lambda n: jnp.full((K, n, L), 7, jnp.uint32)
+    return protocol.ServerView(
+        orders=protocol.OrderMessage(digest=jnp.asarray(dig(P)), codes=same(P),
+                                     weight=jnp.full((K, P), 10.0),
+                                     valid=jnp.ones((K, P), bool)),
+        drivers=protocol.DriverMessage(digest=jnp.asarray(dig(R)), codes=same(R),
+                                       valid=jnp.ones((K, R), bool)))
+
+
+def test_server_breaks_ties_at_random_and_favours_no_platform():
+    """Review finding 4: 48 orders of 2 platforms all collide with the other platform's 24
+    drivers each, the server matrix holds 16 rows. By index, platform 0 kept every row and the
+    tied orders all kept the same 8 drivers (8 of 16 rows matched); with the server's key,
+    16 orders are matched (min(rows, drivers)) and each platform's rows are kept about
+    equally often over many keys; drops are counted per platform."""
+    K, P = 2, 24
+    view = _crowded_view(K, P)
+    sim = SimConfig(max_pending=P, max_rows=8, max_columns=24, bucket_slots=24, size_classes=())
+    # 48 columns: every driver fits, so only the tie-breaking limits the matching (with 32,
+    # random ties still match 13-16 of 16 rows: the column cap drops candidates)
+    fcfg = FedLTDConfig(server_rows=16, server_columns=48, server_k=8)
+    scfg = protocol.server_config(sim, fcfg, K * P)
+    match = jax.jit(jax.vmap(lambda k: protocol.server_match(view, fcfg, scfg, None, k)))
+    dec, (_, _, dropped, _, by_platform, _) = match(jax.random.split(jax.random.PRNGKey(0), 64))
+    matched = np.asarray(dec.valid).reshape(-1, K, P).sum(-1)            # [keys, K]
+    assert np.all(matched.sum(1) == 16)
+    assert np.all(np.asarray(dropped) == K * P - 16)
+    np.testing.assert_array_equal(np.asarray(by_platform).sum(1), np.asarray(dropped))
+    kept0 = (P - np.asarray(by_platform)[:, 0]) / 16.0                   # platform 0's share
+    assert abs(kept0.mean() - 0.5) < 0.05 and 0.0 < kept0.std() < 0.25   # sd of mean ~0.013
+    assert abs(matched[:, 0].mean() / 16.0 - 0.5) < 0.05
+    # the earlier rule, by index: platform 0 only, and 8 matches out of 16 rows
+    idx = dataclasses.replace(fcfg, server_tie_break="index")
+    dec, (_, _, _, _, by_platform, _) = jax.jit(
+        lambda k: protocol.server_match(view, idx, scfg, None, k))(jax.random.PRNGKey(0))
+    assert np.asarray(dec.valid).reshape(K, P).sum(1).tolist() == [8, 0]
+    assert np.asarray(by_platform).tolist() == [8, 24]
