@@ -294,7 +294,8 @@ def cross_metrics(log, eps_p: float) -> dict:
          for f in log.cross.__dataclass_fields__}
     div = lambda a, b: a / b if b > 0 else float("nan")
     m = dict(cross_matched=c["matched"], cross_revenue=c["revenue"],
-             cross_declined=c["declined"], lsh_recall=div(c["near_found"], c["near_pairs"]),
+             cross_declined=c["declined"],
+             cross_declined_unprofitable=c["declined_unprofitable"], lsh_recall=div(c["near_found"], c["near_pairs"]),
              false_pair_rate=div(c["false_pairs"], c["candidates"]),
              driver_overflow=c["driver_overflow"], drivers_waiting_codes=c["driver_stale"],
              drivers_not_sent=c["driver_overflow"] + c["driver_stale"],

@@ -86,9 +86,15 @@ class FedLTDConfig:
     # the driver's platform checks the true pick-up distance of a server pair and declines
     # it beyond the pick-up radius (an LSH false pair) [reconstructed]
     decline_far_pairs: bool = True
+    # the order's platform declines a server pair whose *true* (un-noised) order weight is
+    # <= weight_lower: the server thresholds on the noisy weight, so at eps_p = 1 it admits
+    # an order of true weight <= 0 with probability 1/2. A local decision, nothing is sent
+    # to the server, no privacy cost. Off = the paper's protocol [reconstructed]
+    decline_unprofitable: bool = False
 
     def validate(self, num_platforms: int | None = None) -> None:
-        for name in ("share_models", "share_decisions", "decline_far_pairs"):
+        for name in ("share_models", "share_decisions", "decline_far_pairs",
+                     "decline_unprofitable"):
             value = getattr(self, name)
             # a string such as "no" is truthy: it would silently switch the step on
             require(isinstance(value, (bool, np.bool_)),

@@ -112,6 +112,8 @@ class CrossLog:
     rows_dropped_by_platform: jnp.ndarray  # f32[K] server_rows_dropped by order platform
     server_total: jnp.ndarray  # the server matcher's objective (noisy weights)
     server_exact: jnp.ndarray  # its exact optimum (sim.measure_gap), else server_total
+    declined_unprofitable: jnp.ndarray  # pairs the order's platform declined (true weight
+                                        # <= weight_lower; decline_unprofitable)
 
     @classmethod
     def zeros(cls, num_platforms: int = 1) -> "CrossLog":
@@ -523,12 +525,19 @@ class CrossPairs:
 def execute_decisions(sim: SimState, decision: ServerDecision, slot_row, row_sent, sent_ids,
                       key, now, cfg: SimConfig, fcfg: FedLTDConfig):
     """Platforms execute the cross-platform pairs -> (sim, CrossPairs, (proposed, declined,
-    revenue)). The driver's platform declines a pair beyond the pick-up radius
-    (``decline_far_pairs``); an accepted order cancels with probability cancel(d)."""
+    revenue, declined as unprofitable)). The driver's platform declines a pair beyond the
+    pick-up radius (``decline_far_pairs``); with ``decline_unprofitable`` the order's platform
+    declines a pair whose true order weight is <= ``weight_lower``; an accepted order cancels
+    with probability cancel(d)."""
     p, has_driver, d_plat, d_id, dist = _world_pairs(sim, row_sent, sent_ids, cfg)
     proposed = decision.valid & has_driver
     declined = proposed & (dist > cfg.radius_m) if fcfg.decline_far_pairs else proposed & False
-    go = proposed & ~declined
+    if fcfg.decline_unprofitable:   # the order's platform, on its true order weight
+        true_w = _flat(jax.vmap(lambda s: order_weights(s, now, cfg))(sim))
+        unprofitable = proposed & ~declined & (true_w <= fcfg.weight_lower)
+    else:
+        unprofitable = proposed & False
+    go = proposed & ~declined & ~unprofitable
     cancelled = go & (jax.random.uniform(key, go.shape) < cancel_probability(dist, cfg))
     K = sim.pending.valid.shape[0]
 
@@ -545,7 +554,7 @@ def execute_decisions(sim: SimState, decision: ServerDecision, slot_row, row_sen
     revenue = jnp.sum(jnp.where(go & ~cancelled, p.fare, 0.0))
     pairs = CrossPairs(driver_platform=d_plat.astype(jnp.int32),
                        driver=jnp.where(go, d_id, -1).astype(jnp.int32), executed=go)
-    return sim, pairs, (jnp.sum(proposed), jnp.sum(declined), revenue)
+    return sim, pairs, (jnp.sum(proposed), jnp.sum(declined), revenue, jnp.sum(unprofitable))
 
 
 def cross_distances(sim: SimState, sent_ids, cfg: SimConfig):
@@ -610,7 +619,7 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
         view, fcfg, server_config(cfg, fcfg, K * P), oracle, server_key)
     slot_row, row_sent = jax.vmap(decode_decision, in_axes=(None, 0, 0))(
         decision, view.orders, view.drivers)
-    sim, pairs, (proposed, declined, revenue) = execute_decisions(
+    sim, pairs, (proposed, declined, revenue, unprofitable) = execute_decisions(
         sim, decision, slot_row, row_sent, sent_ids, k_exec, now, cfg, fcfg)
     R = sent_ids.shape[1]
     d_plat = jnp.repeat(jnp.arange(K), R)
@@ -630,7 +639,8 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
                    server_rows_dropped=f(rows_dropped),
                    server_columns_dropped=f(cols_dropped),
                    rows_dropped_by_platform=by_platform.astype(jnp.float32),
-                   server_total=f(total), server_exact=f(exact))
+                   server_total=f(total), server_exact=f(exact),
+                   declined_unprofitable=f(unprofitable))
     return sim, log, pairs
 
 

@@ -422,7 +422,7 @@ def test_execute_decisions_declines_far_pairs_and_attributes_revenue(traced):
     def execute(key, f):
         return protocol.execute_decisions(sim, decision, slot_row, row_sent, sent_ids, key,
                                           now, CFG, f)
-    out, pairs, (proposed, declined, revenue) = execute(
+    out, pairs, (proposed, declined, revenue, unprofitable) = execute(
         jax.random.split(jax.random.PRNGKey(0), 64), fcfg)
     assert np.all(np.asarray(proposed) == 2) and np.all(np.asarray(declined) == 1)
     assert not np.asarray(pairs.executed)[:, n_far].any()
@@ -444,8 +444,19 @@ def test_execute_decisions_declines_far_pairs_and_attributes_revenue(traced):
     assert 0 < (~completed).sum() < 40                  # cancel(1.9 km) ~ 0.19 of 64 keys
     # without declining, the far pair is executed too
     off = dataclasses.replace(fcfg, decline_far_pairs=False)
-    _, pairs, (_, declined, _) = execute(jax.random.split(jax.random.PRNGKey(0), 2), off)
+    _, pairs, (_, declined, _, _) = execute(jax.random.split(jax.random.PRNGKey(0), 2), off)
     assert np.all(np.asarray(declined) == 0) and np.asarray(pairs.executed)[:, n_far].all()
+    assert np.all(np.asarray(unprofitable) == 0)              # decline_unprofitable is off
+    # decline_unprofitable (review finding 8): with every true weight below weight_lower
+    # the order's platform declines the near pair too (the far one is the driver's decline)
+    high = dataclasses.replace(fcfg, decline_unprofitable=True, weight_lower=100.0,
+                               weight_upper=200.0)
+    assert float(protocol.order_weights(jax.tree.map(lambda a: a[ko], sim), now, CFG)[s_near]) < 100
+    out, pairs, (_, declined, revenue, unprofitable) = execute(
+        jax.random.split(jax.random.PRNGKey(0), 2), high)
+    assert np.all(np.asarray(unprofitable) == 1) and np.all(np.asarray(declined) == 1)
+    assert not np.asarray(pairs.executed).any() and not np.asarray(revenue).any()
+    assert np.all(np.asarray(out.pending.valid)[:, ko, s_near])
 
 
 def test_most_colliding_matches_a_stable_sort():
