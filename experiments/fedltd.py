@@ -20,8 +20,9 @@ previous day. Methods, all on the same data with the same value learning:
 Tables: (1) the default setting; (2) K = 2..5 platforms (even shares); (3) market-share and
 spatial skew, and the supply/demand ratio; (4) eps_p and the LSH bucket width (with the LSH's
 recall of true near pairs and its false-pair rate, measured inside the simulation); (5) time
-per batch of each step, masks vs Paillier, auction vs Hungarian. Seeds: ``seeds`` consecutive
-seeds from ``--seed``; tables give the mean and standard deviation over them.
+per batch of each step, masks vs Paillier, auction vs Hungarian (time, and the optimality gap
+of local and server matching against the exact optimum over the snapshot window). Seeds:
+``seeds`` consecutive seeds from ``--seed``; tables give the mean and standard deviation over them.
 """
 from __future__ import annotations
 
@@ -295,7 +296,8 @@ def cross_metrics(log, eps_p: float) -> dict:
     div = lambda a, b: a / b if b > 0 else float("nan")
     m = dict(cross_matched=c["matched"], cross_revenue=c["revenue"],
              cross_declined=c["declined"],
-             cross_declined_unprofitable=c["declined_unprofitable"], lsh_recall=div(c["near_found"], c["near_pairs"]),
+             cross_declined_unprofitable=c["declined_unprofitable"],
+             lsh_recall=div(c["near_found"], c["near_pairs"]),
              false_pair_rate=div(c["false_pairs"], c["candidates"]),
              driver_overflow=c["driver_overflow"], drivers_waiting_codes=c["driver_stale"],
              drivers_not_sent=c["driver_overflow"] + c["driver_stale"],

@@ -135,7 +135,8 @@ class FedLTDConfig:
         require(self.weight_lower >= 0,
                 f"fedltd.weight_lower must be >= 0 (the server matches positive weights "
                 f"only), got {self.weight_lower!r}")
-        for name in ("max_residual_drivers", "code_refresh", "server_k", "server_rows", "server_columns"):
+        for name in ("max_residual_drivers", "code_refresh", "server_k", "server_rows",
+                     "server_columns"):
             value = getattr(self, name)
             require(_is_int(value) and value >= 1,
                     f"fedltd.{name} must be an integer >= 1, got {value!r}")

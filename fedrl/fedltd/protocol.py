@@ -585,7 +585,8 @@ def oracle_weights(sim: SimState, dist, driver_xy, now, cfg: SimConfig):
 def encode_all(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
                fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
     """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], not sent
-    [K, 2] (cap, stale codes) as in :func:`encode_residual`). ``key`` gives the batch's salt (shared by the platforms) and their noise."""
+    [K, 2] (cap, stale codes) as in :func:`encode_residual`). ``key`` gives the batch's salt
+    (shared by the platforms) and their noise."""
     K = sim.pending.valid.shape[0]
     if _rekey(fcfg):
         # a third key of the batch for the code hash (off: the split, and so every result,
