@@ -69,4 +69,5 @@ def overflow_note(methods: dict, *, names_shown: int = 4) -> str:
     return ("**WARNING: capacity overflow** (fixed-size structures dropped orders or drivers, or "
             "ended trips early (calendar_clamped), "
             "so these rows understate what the dispatcher would do; raise the sim.* "
-            "capacities): " + "; ".join(parts) + ".")
+            "capacities, or for driver_overflow / server_*_dropped the fedltd.* ones "
+            "(max_residual_drivers, server_rows, server_columns)): " + "; ".join(parts) + ".")

@@ -12,9 +12,16 @@ import math
 import numbers
 from typing import Literal
 
-from fedrl.config import require, require_positive
+import numpy as np
+
+from fedrl.config import require, require_in_range, require_positive
 from fedrl.fedltd.encoding import LSHConfig
 from fedrl.privacy.quantization import FixedPoint
+
+
+def _is_int(value) -> bool:
+    """An integer that is not a bool (``True`` passes ``isinstance(x, int)``)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +34,11 @@ class FedLTDConfig:
     # weights of the average: "uniform", or "orders" (orders seen so far, capped at
     # weight_cap and revealed only inside the secure sum, as in secure FedAvg)
     aggregation_weights: Literal["uniform", "orders"] = "orders"
+    # weights of the day's first round (batch 0, the pretrained tables, no order seen yet):
+    # "equal" (every platform weight_cap: the earlier behaviour) or "training_orders" (the
+    # orders each table was pretrained on, scaled so the largest gets weight_cap; revealed
+    # only inside the secure sum) [reconstructed]
+    first_round_weights: Literal["equal", "training_orders"] = "equal"
     # public cap of the weights (orders); the masked mean encodes min(w / cap, 1) * V, so the
     # cap should be near the orders a platform sees in a day (above it weights saturate)
     weight_cap: float = 1.0e5
@@ -60,6 +72,13 @@ class FedLTDConfig:
     server_rows: int = 32
     server_columns: int = 64
     server_matcher: Literal["auction", "hungarian", "greedy"] = "auction"
+    # how the server breaks ties among equally colliding candidate drivers of an order and
+    # which orders keep a matrix row when more have candidates than server_rows:
+    # "random" (a per-batch server key: a random column order with a random start per row,
+    # and a random row order before compaction, so no platform is favoured and co-located
+    # orders do not all keep the same server_k drivers) or "index" (lower index first, i.e.
+    # lower platform, then lower slot: the earlier behaviour) [reconstructed]
+    server_tie_break: Literal["random", "index"] = "random"
     # server weight = noisy order weight + collision_bonus * (colliding tables / L): among
     # drivers of one order, prefer those whose location collides in more tables
     # [reconstructed: the server has nothing else to rank them by]
@@ -67,16 +86,30 @@ class FedLTDConfig:
     # the driver's platform checks the true pick-up distance of a server pair and declines
     # it beyond the pick-up radius (an LSH false pair) [reconstructed]
     decline_far_pairs: bool = True
+    # the order's platform declines a server pair whose *true* (un-noised) order weight is
+    # <= weight_lower: the server thresholds on the noisy weight, so at eps_p = 1 it admits
+    # an order of true weight <= 0 with probability 1/2. A local decision, nothing is sent
+    # to the server, no privacy cost. Off = the paper's protocol [reconstructed]
+    decline_unprofitable: bool = False
 
     def validate(self, num_platforms: int | None = None) -> None:
-        require(isinstance(self.aggregation_period, int) and self.aggregation_period >= 1,
+        for name in ("share_models", "share_decisions", "decline_far_pairs",
+                     "decline_unprofitable"):
+            value = getattr(self, name)
+            # a string such as "no" is truthy: it would silently switch the step on
+            require(isinstance(value, (bool, np.bool_)),
+                    f"fedltd.{name} must be a bool, got {value!r}")
+        require(_is_int(self.aggregation_period) and self.aggregation_period >= 1,
                 f"fedltd.aggregation_period must be an integer >= 1 (batches), got "
                 f"{self.aggregation_period!r}")
         require(self.aggregation_weights in ("uniform", "orders"),
                 f"fedltd.aggregation_weights must be uniform or orders, got "
                 f"{self.aggregation_weights!r}")
+        require(self.first_round_weights in ("equal", "training_orders"),
+                f"fedltd.first_round_weights must be equal or training_orders, got "
+                f"{self.first_round_weights!r}")
         require_positive("fedltd.weight_cap", self.weight_cap)
-        require(0.0 < self.mix <= 1.0, f"fedltd.mix must be in (0, 1], got {self.mix!r}")
+        require_in_range("fedltd.mix", self.mix, 0.0, 1.0, low_open=True)
         require(self.model_aggregation in ("masks", "plain"),
                 f"fedltd.model_aggregation must be masks or plain, got "
                 f"{self.model_aggregation!r}")
@@ -97,15 +130,24 @@ class FedLTDConfig:
         require(self.weight_upper > self.weight_lower,
                 f"fedltd.weight_upper ({self.weight_upper}) must exceed weight_lower "
                 f"({self.weight_lower})")
-        for name in ("max_residual_drivers", "code_refresh", "server_k", "server_rows", "server_columns"):
+        # the server's matching (like local matching) never assigns a pair of weight <= 0,
+        # so orders released in (weight_lower, 0] would be candidates that can never match
+        require(self.weight_lower >= 0,
+                f"fedltd.weight_lower must be >= 0 (the server matches positive weights "
+                f"only), got {self.weight_lower!r}")
+        for name in ("max_residual_drivers", "code_refresh", "server_k", "server_rows",
+                     "server_columns"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1,
+            require(_is_int(value) and value >= 1,
                     f"fedltd.{name} must be an integer >= 1, got {value!r}")
+        require(self.server_tie_break in ("random", "index"),
+                f"fedltd.server_tie_break must be random or index, got "
+                f"{self.server_tie_break!r}")
         require(self.server_matcher in ("auction", "hungarian", "greedy"),
                 f"fedltd.server_matcher must be auction, hungarian or greedy, got "
                 f"{self.server_matcher!r}")
-        require(self.collision_bonus >= 0,
-                f"fedltd.collision_bonus must be >= 0, got {self.collision_bonus!r}")
+        # finite: an infinite bonus makes every server weight inf and nothing gets matched
+        require_positive("fedltd.collision_bonus", self.collision_bonus, allow_zero=True)
 
     @property
     def noisy(self) -> bool:

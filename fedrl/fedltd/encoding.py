@@ -6,8 +6,15 @@ after local dispatch) with a server that looks for near *cross-platform* driver/
 server must learn neither ids nor coordinates, so a platform sends
 
 * ids as salted MD5 digests (RFC 1321): ``MD5(salt || platform || id)``. The salt is drawn per
-  batch from a key the platforms share and the server never sees, so digests of one batch cannot
-  be linked to another batch nor brute-forced over the small id space [reconstructed];
+  batch from a key the platforms share and the server never sees, so the *digests* of one batch
+  cannot be linked to another batch nor brute-forced over the small id space [reconstructed].
+  The *location codes* below are a different matter: by default their keyed hash uses one
+  secret for the whole day, so the same place gets the same L-code tuple in every batch, and
+  the server can link an idle driver who has not moved (and orders from one spot) across
+  batches by that tuple (with 4 grid tables, 2 km cells, the tuple is unique within a batch for
+  ~97 % of 60 and ~73 % of 1000 uniform drivers in a 30 x 34 km city).
+  ``LSHConfig.rekey_codes_per_batch`` re-keys the code hash per batch (collisions within a batch
+  are unchanged) and removes that link;
 * locations as locality-sensitive hash codes: p-stable E2LSH (Datar, Immorlica, Indyk, Mirrokni,
   "Locality-sensitive hashing scheme based on p-stable distributions", SoCG 2004),
   ``h(x) = floor((a . x + b) / r)`` with Gaussian ``a``, ``m`` hashes ANDed per table and ``L``
@@ -170,16 +177,26 @@ class LSHConfig:
     num_tables: int = 4
     bucket_width_m: float = 2000.0
     code_hash: str = "md5"
+    # re-key the code hash every batch (a fresh secret from the batch's key, shared by the
+    # platforms, never by the server): the bucket integers stay, so collisions *within* a
+    # batch are unchanged, but a point's codes differ from batch to batch and the server
+    # can no longer link an idle driver (or a spot) across batches by its code tuple.
+    # Off: one secret per day (codes cached per driver; the linkability of review finding
+    # 1). Costs one code hash of every sent driver per batch (docs/fedltd_encoding.md)
+    rekey_codes_per_batch: bool = False
 
     def validate(self) -> None:
         require(self.kind in LSH_KINDS,
                 f"kind must be one of {list(LSH_KINDS)}, got {self.kind!r}")
-        require(isinstance(self.num_hashes, int) and 1 <= self.num_hashes <= 8,
+        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+        require(is_int(self.num_hashes) and 1 <= self.num_hashes <= 8,
                 f"num_hashes must be an int in [1, 8] (the keyed MD5 code hashes 4 salt words, "
                 f"the table index and the m buckets in one block), got {self.num_hashes!r}")
-        require(isinstance(self.num_tables, int) and self.num_tables >= 1,
+        require(is_int(self.num_tables) and self.num_tables >= 1,
                 f"num_tables must be an int >= 1, got {self.num_tables!r}")
         require_positive("bucket_width_m", self.bucket_width_m)
+        require(isinstance(self.rekey_codes_per_batch, (bool, np.bool_)),
+                f"rekey_codes_per_batch must be a bool, got {self.rekey_codes_per_batch!r}")
         require(self.code_hash in CODE_HASHES,
                 f"code_hash must be one of {list(CODE_HASHES)}, got {self.code_hash!r}")
 

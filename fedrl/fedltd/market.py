@@ -9,11 +9,13 @@ that every method starts from the same kind of value learning on the data it cou
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import jax.numpy as jnp
 import numpy as np
 
-from fedrl.config import ConfigError, require
+from fedrl.config import ConfigError, require, require_positive
 from fedrl.data.city import CityConfig, fare_function, split_platforms
 from fedrl.data.grid import local_projection
 from fedrl.dispatch.day import gaia_days, pretrain_value, synthetic_days
@@ -35,13 +37,15 @@ class MarketConfig:
             s = getattr(self, name)
             if s is None:
                 continue
-            require(len(s) >= 1 and all(float(x) > 0 for x in s) and abs(sum(s) - 1) < 1e-6,
-                    f"market.{name} must be positive and sum to 1, got {s}")
+            real = lambda x: isinstance(x, numbers.Real) and not isinstance(x, bool)
+            require(isinstance(s, (tuple, list)) and len(s) >= 1
+                    and all(real(x) and math.isfinite(x) and x > 0 for x in s)
+                    and abs(sum(s) - 1) < 1e-6,
+                    f"market.{name} must be positive numbers that sum to 1, got {s!r}")
         require(self.driver_shares is None or len(self.driver_shares) == len(self.shares),
                 f"market.driver_shares {self.driver_shares} must have as many platforms as "
                 f"market.shares {self.shares}")
-        require(self.spatial_skew >= 0, f"market.spatial_skew must be >= 0, got "
-                                        f"{self.spatial_skew}")
+        require_positive("market.spatial_skew", self.spatial_skew, allow_zero=True)
 
     @property
     def num_platforms(self) -> int:
@@ -59,6 +63,9 @@ class Market:
     order_share: list        # realised shares of orders / drivers per platform
     driver_share: list
     train_eval_same_day: bool
+    # orders each platform's value table was pretrained on ([K]; the first aggregation's
+    # weights with FedLTDConfig.first_round_weights="training_orders")
+    train_orders: list = dataclasses.field(default_factory=list)
 
 
 def _assign(x_m, shares, skew, width_m, seed, salt):
@@ -112,7 +119,8 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
                   infos=[i for _, i in parts], global_info=global_info,
                   order_share=(np.bincount(op, minlength=K) / max(len(op), 1)).tolist(),
                   driver_share=(np.bincount(dp, minlength=K) / max(len(dp), 1)).tolist(),
-                  train_eval_same_day=bool(leak))
+                  train_eval_same_day=bool(leak),
+                  train_orders=[int(np.sum(tp == k)) for k in range(K)])
 
 
 def pad_together(stacks: list) -> list:

@@ -20,19 +20,25 @@ from fedrl.federated.aggregation import Cohort, secure_mean, weighted_mean
 from fedrl.fedltd.config import FedLTDConfig
 
 
-def aggregation_weights(orders_seen, cfg: FedLTDConfig, first=False):
+def aggregation_weights(orders_seen, cfg: FedLTDConfig, first=False, train_orders=None):
     """Per-platform weights [K] of the average: 1 each, or the orders seen so far.
 
     ``first`` (the public fact that this is the day's first round, before any order) gives
-    the pretrained tables equal weights ``weight_cap``: the masked mean encodes
-    ``min(w / weight_cap, 1) * V`` in fixed point, so a weight far below the cap would be
-    rounded to a few fixed-point steps.
+    the pretrained tables the weights of ``cfg.first_round_weights``: ``"equal"``, every
+    platform ``weight_cap``; ``"training_orders"``, the orders each table was pretrained on
+    (``train_orders`` [K]) scaled so the largest is ``weight_cap``. Either way near the cap:
+    the masked mean encodes ``min(w / weight_cap, 1) * V`` in fixed point, so a weight far
+    below the cap would be rounded to a few fixed-point steps.
     """
     if cfg.aggregation_weights == "uniform":
         return jnp.ones_like(orders_seen, jnp.float32)
     # a platform that has seen nothing yet still counts a little (no division by zero)
     w = jnp.maximum(orders_seen.astype(jnp.float32), 1.0)
-    return jnp.where(first, jnp.float32(cfg.weight_cap), w)
+    first_w = jnp.full(w.shape, cfg.weight_cap, jnp.float32)
+    if cfg.first_round_weights == "training_orders" and train_orders is not None:
+        t = jnp.maximum(jnp.asarray(train_orders, jnp.float32), 1.0)
+        first_w = cfg.weight_cap * t / jnp.max(t)
+    return jnp.where(first, first_w, w)
 
 
 def average_values(values, weights, key, cfg: FedLTDConfig):
@@ -55,9 +61,11 @@ def blend(values, mean, cfg: FedLTDConfig):
     return ((1.0 - cfg.mix) * values + cfg.mix * mean[None]).astype(values.dtype)
 
 
-def aggregate_models(values, orders_seen, key, cfg: FedLTDConfig, first=False):
+def aggregate_models(values, orders_seen, key, cfg: FedLTDConfig, first=False,
+                     train_orders=None):
     """One aggregation round: average through the secure sum, then blend -> new [K, ...]."""
-    mean = average_values(values, aggregation_weights(orders_seen, cfg, first), key, cfg)
+    mean = average_values(values, aggregation_weights(orders_seen, cfg, first, train_orders),
+                          key, cfg)
     return blend(values, mean, cfg)
 
 

@@ -22,8 +22,18 @@ residual order skip them. The world (true positions, cancellations) is simulated
 information; only what a platform would send crosses to the server.
 
 Reconstructed choices are fields of :class:`fedrl.fedltd.config.FedLTDConfig`; besides those:
-a driver matched across platforms gets no extra TD update (its platform learns from its own
-orders only), and LSH parameters are drawn once per day from a key the server does not know.
+
+* a driver matched across platforms is taught "I stayed idle": local TD(0) runs inside step 1
+  (:func:`dispatch_batch`), before step 3, so every locally unmatched idle driver gets the idle
+  update ``V(loc) += alpha (gamma V(loc) - V(loc))``, including those the server then
+  dispatches in the same batch; :func:`execute_decisions` makes no TD update, so neither his
+  platform nor the order's learns from the served cross-platform trip. His platform learns
+  the order's pick-up point and, when the trip ends, its destination (where he reappears),
+  not its fare;
+* LSH parameters are drawn once per day from a key the server does not know; the code hash
+  keeps that day's secret unless ``lsh.rekey_codes_per_batch`` (then an idle driver who did
+  not move is sent with fresh codes every batch; otherwise the server can link him across
+  batches by his code tuple).
 """
 from __future__ import annotations
 
@@ -94,13 +104,21 @@ class CrossLog:
     declined: jnp.ndarray      # ... declined by the driver's platform (too far)
     matched: jnp.ndarray       # executed (cancellations included)
     revenue: jnp.ndarray       # fares of completed cross-platform trips
-    driver_overflow: jnp.ndarray  # idle drivers not sent (max_residual_drivers, stale codes)
+    driver_overflow: jnp.ndarray  # idle drivers beyond max_residual_drivers (not sent: a cap)
+    driver_stale: jnp.ndarray     # idle drivers whose codes wait for the refresh budget
+                                  # (code_refresh; not sent this batch, by design)
     server_rows_dropped: jnp.ndarray     # orders with candidates beyond server_rows
     server_columns_dropped: jnp.ndarray  # candidate drivers beyond server_columns
+    rows_dropped_by_platform: jnp.ndarray  # f32[K] server_rows_dropped by order platform
+    server_total: jnp.ndarray  # the server matcher's objective (noisy weights)
+    server_exact: jnp.ndarray  # its exact optimum (sim.measure_gap), else server_total
+    declined_unprofitable: jnp.ndarray  # pairs the order's platform declined (true weight
+                                        # <= weight_lower; decline_unprofitable)
 
     @classmethod
-    def zeros(cls) -> "CrossLog":
-        return cls(*[jnp.zeros((), jnp.float32) for _ in dataclasses.fields(cls)])
+    def zeros(cls, num_platforms: int = 1) -> "CrossLog":
+        out = cls(*[jnp.zeros((), jnp.float32) for _ in dataclasses.fields(cls)])
+        return out.replace(rows_dropped_by_platform=jnp.zeros((num_platforms,), jnp.float32))
 
 
 @struct.dataclass
@@ -121,6 +139,15 @@ class Knobs:
         if unknown:
             raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(values)}")
         values.update(overrides)
+        # a knob can only switch OFF what the static config compiled in: the day drops step 2
+        # / step 3 at trace time when the static flag is off, so "on" would be ignored
+        for flag in ("share_models", "share_decisions"):
+            if bool(values[flag]) and not getattr(fcfg, flag):
+                raise ConfigError(f"knob {flag}=True cannot switch on what the static config "
+                                  f"compiled out (fedltd.{flag}=False); set the config field")
+        if "bucket_width_m" in overrides and fcfg.lsh.kind == "exact":
+            raise ConfigError("knob bucket_width_m has no effect with lsh.kind='exact' (the "
+                              "server uses true distances)")
         if not float(values["epsilon_p"]) > 0:
             raise ConfigError(f"epsilon_p must be > 0 (inf for no noise), got "
                               f"{values['epsilon_p']!r}")
@@ -166,6 +193,8 @@ class FedLTDState:
     knobs: Knobs
     codes: DriverCodes       # [K] each platform's cache of its drivers' LSH codes
     releases: ReleaseCount   # [K, P] per-order release counts (privacy accounting only)
+    train_orders: jnp.ndarray  # f32[K] orders each table was pretrained on (first round's
+                               # weights with first_round_weights="training_orders")
 
 
 @struct.dataclass
@@ -215,6 +244,13 @@ class DriverCodes:
     codes: jnp.ndarray  # u32[D, L]
     x: jnp.ndarray      # f32[D]
     y: jnp.ndarray
+    # i32[D, L, m] bucket integers when the code hash is re-keyed per batch (the codes are
+    # then hashed from them in every batch); [D, 0, 0] otherwise
+    buckets: jnp.ndarray
+
+
+def _rekey(fcfg: FedLTDConfig) -> bool:
+    return fcfg.lsh.rekey_codes_per_batch and fcfg.lsh.kind != "exact"
 
 
 def _codes_fn(lsh: encoding.LSHParams, fcfg: FedLTDConfig):
@@ -223,9 +259,15 @@ def _codes_fn(lsh: encoding.LSHParams, fcfg: FedLTDConfig):
     return lambda x, y: encoding.lsh_codes(lsh, x, y, fcfg.lsh)
 
 
+def _buckets_fn(lsh: encoding.LSHParams, fcfg: FedLTDConfig):
+    if not _rekey(fcfg):
+        return lambda x, y: jnp.zeros(x.shape + (0, 0), jnp.int32)
+    return lambda x, y: encoding.lsh_buckets(lsh, x, y, fcfg.lsh)
+
+
 def init_codes(drivers, lsh: encoding.LSHParams, fcfg: FedLTDConfig) -> DriverCodes:
     return DriverCodes(codes=_codes_fn(lsh, fcfg)(drivers.x, drivers.y), x=drivers.x,
-                       y=drivers.y)
+                       y=drivers.y, buckets=_buckets_fn(lsh, fcfg)(drivers.x, drivers.y))
 
 
 def refresh_codes(cache: DriverCodes, drivers, lsh: encoding.LSHParams,
@@ -245,31 +287,46 @@ def refresh_codes(cache: DriverCodes, drivers, lsh: encoding.LSHParams,
     safe = jnp.maximum(ids, 0)
     x, y = drivers.x[safe], drivers.y[safe]
     tgt = jnp.where(ids >= 0, ids, D)
-    return DriverCodes(codes=cache.codes.at[tgt].set(_codes_fn(lsh, fcfg)(x, y), mode="drop"),
-                       x=cache.x.at[tgt].set(x, mode="drop"),
-                       y=cache.y.at[tgt].set(y, mode="drop"))
+    if _rekey(fcfg):   # the codes are hashed per batch from the cached bucket integers
+        return cache.replace(buckets=cache.buckets.at[tgt].set(_buckets_fn(lsh, fcfg)(x, y),
+                                                               mode="drop"),
+                             x=cache.x.at[tgt].set(x, mode="drop"),
+                             y=cache.y.at[tgt].set(y, mode="drop"))
+    return cache.replace(codes=cache.codes.at[tgt].set(_codes_fn(lsh, fcfg)(x, y), mode="drop"),
+                         x=cache.x.at[tgt].set(x, mode="drop"),
+                         y=cache.y.at[tgt].set(y, mode="drop"))
 
 
 def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParams, key,
                     cfg: SimConfig, fcfg: FedLTDConfig, epsilon=None,
-                    cache: DriverCodes | None = None):
-    """EncodeRBG of one platform -> (OrderMessage, DriverMessage, sent driver ids, overflow).
+                    cache: DriverCodes | None = None, code_secret=None):
+    """EncodeRBG of one platform -> (OrderMessage, DriverMessage, sent driver ids,
+    not sent i32[2] = (beyond max_residual_drivers, stale cached codes)).
 
     The order weights are clipped to [weight_lower, weight_upper] and released with
     Laplace(Delta / eps_p) noise (eps_p = inf: clipped only); ``epsilon`` (traced) overrides
     ``fcfg.epsilon_p``. Driver codes come from ``cache`` when given (drivers whose cached
-    position is stale are not sent this batch), else are computed here.
+    position is stale are not sent this batch), else are computed here. ``code_secret``
+    (uint32[4], ``lsh.rekey_codes_per_batch``): this batch's key of the code hash, in place
+    of the day's ``lsh.secret``.
     """
     p = state.pending
     d = state.drivers
     # never more slots than the platform has drivers (static)
     ids, overflow = listed_drivers(state, min(fcfg.max_residual_drivers, d.x.shape[0]))
     safe = jnp.maximum(ids, 0)
-    codes = _codes_fn(lsh, fcfg)
+    rekey = code_secret is not None and fcfg.lsh.kind != "exact"
+    if rekey:
+        codes = lambda x, y: encoding.bucket_codes(encoding.lsh_buckets(lsh, x, y, fcfg.lsh),
+                                                   code_secret, fcfg.lsh.code_hash)
+    else:
+        codes = _codes_fn(lsh, fcfg)
     if cache is None:
         driver_codes, fresh = codes(d.x[safe], d.y[safe]), True
     else:
-        driver_codes = cache.codes[safe]
+        driver_codes = (encoding.bucket_codes(cache.buckets[safe], code_secret,
+                                              fcfg.lsh.code_hash)
+                        if rekey else cache.codes[safe])
         fresh = (cache.x[safe] == d.x[safe]) & (cache.y[safe] == d.y[safe])
     w = order_weights(state, now, cfg)
     eps = fcfg.epsilon_p if epsilon is None else epsilon
@@ -289,7 +346,8 @@ def encode_residual(state: SimState, platform, now, salt, lsh: encoding.LSHParam
     drivers = DriverMessage(
         digest=jnp.where(sent[:, None], encoding.salted_digest(salt, ids, platform), 0),
         codes=jnp.where(sent[:, None], driver_codes, 0), valid=sent)
-    return orders, drivers, jnp.where(sent, ids, -1), overflow + jnp.sum((ids >= 0) & ~sent)
+    not_sent = jnp.stack([overflow, jnp.sum((ids >= 0) & ~sent)]).astype(jnp.int32)
+    return orders, drivers, jnp.where(sent, ids, -1), not_sent
 
 
 def server_config(cfg: SimConfig, fcfg: FedLTDConfig, num_orders: int) -> SimConfig:
@@ -323,7 +381,22 @@ def _most_colliding(hits, k: int, num_tables: int):
     return idx, mask
 
 
-def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=None):
+def _shuffled_most_colliding(hits, k: int, num_tables: int, key):
+    """:func:`_most_colliding` with ties broken at random: the columns are read in a random
+    order (one permutation per batch) from a random start per row, so equally colliding
+    drivers are kept with about equal chance whatever their platform or slot, and co-located
+    orders keep different drivers. Returns column indices of ``hits``."""
+    N, M = hits.shape
+    k_cols, k_start = jax.random.split(key)
+    perm = jax.random.permutation(k_cols, M).astype(jnp.int32)
+    start = jax.random.randint(k_start, (N,), 0, M)
+    order = perm[(jnp.arange(M)[None, :] + start[:, None]) % M]        # [N, M] column ids
+    idx, mask = _most_colliding(jnp.take_along_axis(hits, order, axis=1), k, num_tables)
+    return jnp.take_along_axis(order, idx, axis=1), mask
+
+
+def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=None,
+                 key=None):
     """DecodeRBG + matching on the server, from the encoded messages only.
 
     Candidate pairs: a driver and an order of *different* platforms whose LSH codes collide
@@ -332,8 +405,14 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
     of colliding tables); orders released at or below ``weight_lower`` are not worth a
     driver (max-weight semantics, as in local matching). ``oracle=(dist, weight)``
     [K*P, K*R] replaces the hashes by true distances and weights (test/ablation mode
-    ``lsh.kind="exact"``: not private). Returns (ServerDecision, info) with info = (candidate
-    mask [N, K*R], total weight, order rows and driver columns left out of the matrix).
+    ``lsh.kind="exact"``: not private). ``key`` (the server's per-batch key; with
+    ``fcfg.server_tie_break="random"``) breaks ties among equally colliding drivers and
+    shuffles the order rows before they are compacted into ``server_rows``, so that no
+    platform is favoured when the matrix is full; without it ties go to the lower index.
+    Returns (ServerDecision, info) with info = (candidate mask [N, K*R], total weight, order
+    rows and driver columns left out of the matrix, rows left out per order platform [K],
+    the exact (Hungarian) optimum of the same matrix when ``scfg.measure_gap``, else the
+    total).
     """
     K, P = view.orders.valid.shape
     R = view.drivers.valid.shape[1]
@@ -354,7 +433,13 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
         cand = allowed & (dist <= scfg.radius_m)
         score = jnp.where(cand, -dist, -jnp.inf)
     k = min(fcfg.server_k, cand.shape[1])
-    if oracle is None:
+    shuffle = key is not None and fcfg.server_tie_break == "random"
+    if shuffle:
+        k_ties, k_rows = jax.random.split(key)
+    if oracle is None and shuffle:
+        idx, mask = _shuffled_most_colliding(jnp.where(cand, hits, 0), k, fcfg.lsh.num_tables,
+                                             k_ties)
+    elif oracle is None:
         idx, mask = _most_colliding(jnp.where(cand, hits, 0), k, fcfg.lsh.num_tables)
     else:
         _, idx = jax.lax.top_k(score, k)  # ties: lower index first
@@ -363,17 +448,33 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
                        dist=jnp.where(mask, jnp.take_along_axis(dist, idx, axis=1), 0.0),
                        mask=mask)
     w = jnp.where(mask, jnp.take_along_axis(weight, idx, axis=1), 0.0)
-    row_slot, sub, sub_w, rows_dropped = dispatchers.compact_rows(cands, w, scfg.max_rows)
+    N = cands.mask.shape[0]
+    if shuffle:   # a random row order: the first server_rows rows are a uniform subset
+        rperm = jax.random.permutation(k_rows, N).astype(jnp.int32)
+        row_slot, sub, sub_w, rows_dropped = dispatchers.compact_rows(
+            jax.tree.map(lambda a: a[rperm], cands), w[rperm], scfg.max_rows)
+        row_slot = jnp.where(row_slot >= 0, rperm[jnp.maximum(row_slot, 0)], -1)
+    else:
+        row_slot, sub, sub_w, rows_dropped = dispatchers.compact_rows(cands, w, scfg.max_rows)
+    kept = jnp.zeros((N,), bool).at[jnp.where(row_slot >= 0, row_slot, N)].set(True,
+                                                                               mode="drop")
+    dropped_by_platform = jnp.sum((jnp.any(cands.mask, axis=1) & ~kept).reshape(K, P), axis=1)
     graph, cols_dropped = dispatchers.build_graph(sub, sub_w, K * R, scfg)
     rows = dispatchers.solve_graph(graph, scfg, fcfg.server_matcher)
-    assigned = dispatchers.expand_rows(
-        dispatchers.assignment_from_match(graph, rows, False), row_slot, K * P)
+    compact = dispatchers.assignment_from_match(graph, rows, False)
+    if scfg.measure_gap:   # the exact optimum of the same matrix (Table 5's optimality gap)
+        exact = jnp.sum(dispatchers.assignment_from_match(
+            graph, dispatchers.solve_graph(graph, scfg, "hungarian"), False).weight)
+    else:
+        exact = jnp.sum(compact.weight)
+    assigned = dispatchers.expand_rows(compact, row_slot, K * P)
     ok = assigned.driver >= 0
     decision = ServerDecision(
         order_digest=_flat(view.orders.digest),
         driver_digest=_flat(view.drivers.digest)[jnp.maximum(assigned.driver, 0)],
         valid=ok)
-    return decision, (cand, jnp.sum(assigned.weight), rows_dropped, cols_dropped)
+    return decision, (cand, jnp.sum(assigned.weight), rows_dropped, cols_dropped,
+                      dropped_by_platform, exact)
 
 
 def decode_decision(decision: ServerDecision, orders: OrderMessage, drivers: DriverMessage):
@@ -424,12 +525,19 @@ class CrossPairs:
 def execute_decisions(sim: SimState, decision: ServerDecision, slot_row, row_sent, sent_ids,
                       key, now, cfg: SimConfig, fcfg: FedLTDConfig):
     """Platforms execute the cross-platform pairs -> (sim, CrossPairs, (proposed, declined,
-    revenue)). The driver's platform declines a pair beyond the pick-up radius
-    (``decline_far_pairs``); an accepted order cancels with probability cancel(d)."""
+    revenue, declined as unprofitable)). The driver's platform declines a pair beyond the
+    pick-up radius (``decline_far_pairs``); with ``decline_unprofitable`` the order's platform
+    declines a pair whose true order weight is <= ``weight_lower``; an accepted order cancels
+    with probability cancel(d)."""
     p, has_driver, d_plat, d_id, dist = _world_pairs(sim, row_sent, sent_ids, cfg)
     proposed = decision.valid & has_driver
     declined = proposed & (dist > cfg.radius_m) if fcfg.decline_far_pairs else proposed & False
-    go = proposed & ~declined
+    if fcfg.decline_unprofitable:   # the order's platform, on its true order weight
+        true_w = _flat(jax.vmap(lambda s: order_weights(s, now, cfg))(sim))
+        unprofitable = proposed & ~declined & (true_w <= fcfg.weight_lower)
+    else:
+        unprofitable = proposed & False
+    go = proposed & ~declined & ~unprofitable
     cancelled = go & (jax.random.uniform(key, go.shape) < cancel_probability(dist, cfg))
     K = sim.pending.valid.shape[0]
 
@@ -446,7 +554,7 @@ def execute_decisions(sim: SimState, decision: ServerDecision, slot_row, row_sen
     revenue = jnp.sum(jnp.where(go & ~cancelled, p.fare, 0.0))
     pairs = CrossPairs(driver_platform=d_plat.astype(jnp.int32),
                        driver=jnp.where(go, d_id, -1).astype(jnp.int32), executed=go)
-    return sim, pairs, (jnp.sum(proposed), jnp.sum(declined), revenue)
+    return sim, pairs, (jnp.sum(proposed), jnp.sum(declined), revenue, jnp.sum(unprofitable))
 
 
 def cross_distances(sim: SimState, sent_ids, cfg: SimConfig):
@@ -476,21 +584,31 @@ def oracle_weights(sim: SimState, dist, driver_xy, now, cfg: SimConfig):
 
 def encode_all(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
                fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
-    """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], overflow
-    [K]). ``key`` gives the batch's salt (shared by the platforms) and their noise."""
+    """Every platform encodes its residual graph -> (ServerView, sent ids [K, R], not sent
+    [K, 2] (cap, stale codes) as in :func:`encode_residual`). ``key`` gives the batch's salt
+    (shared by the platforms) and their noise."""
     K = sim.pending.valid.shape[0]
-    k_salt, k_noise = jax.random.split(key)
+    if _rekey(fcfg):
+        # a third key of the batch for the code hash (off: the split, and so every result,
+        # is unchanged)
+        k_salt, k_noise, k_code = jax.random.split(key, 3)
+        secret = encoding.batch_salt(k_code)
+    else:
+        (k_salt, k_noise), secret = jax.random.split(key), None
     salt = encoding.batch_salt(k_salt)
     orders, drivers, sent_ids, overflow = jax.vmap(
-        lambda s, k, kk, c: encode_residual(s, k, now, salt, lsh, kk, cfg, fcfg, epsilon, c))(
+        lambda s, k, kk, c: encode_residual(s, k, now, salt, lsh, kk, cfg, fcfg, epsilon, c,
+                                            secret))(
         sim, jnp.arange(K), jax.random.split(k_noise, K), cache)
     return ServerView(orders=orders, drivers=drivers), sent_ids, overflow
 
 
 def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimConfig,
-                   fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None):
+                   fcfg: FedLTDConfig, epsilon=None, cache: DriverCodes | None = None,
+                   server_key=None):
     """Step 3 for all platforms: encode, server matching, decode, execute
-    -> (sim, CrossLog, CrossPairs)."""
+    -> (sim, CrossLog, CrossPairs). ``key``: the platforms' batch key (salt, noise,
+    cancellations); ``server_key``: the server's own batch key (its tie-breaking)."""
     K, P = sim.pending.valid.shape
     k_encode, k_exec = jax.random.split(key)
     view, sent_ids, overflow = encode_all(sim, lsh, k_encode, now, cfg, fcfg, epsilon, cache)
@@ -498,11 +616,11 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
     oracle = None
     if fcfg.lsh.kind == "exact":
         oracle = (dist, oracle_weights(sim, dist, driver_xy, now, cfg))
-    decision, (cand, _, rows_dropped, cols_dropped) = server_match(
-        view, fcfg, server_config(cfg, fcfg, K * P), oracle)
+    decision, (cand, total, rows_dropped, cols_dropped, by_platform, exact) = server_match(
+        view, fcfg, server_config(cfg, fcfg, K * P), oracle, server_key)
     slot_row, row_sent = jax.vmap(decode_decision, in_axes=(None, 0, 0))(
         decision, view.orders, view.drivers)
-    sim, pairs, (proposed, declined, revenue) = execute_decisions(
+    sim, pairs, (proposed, declined, revenue, unprofitable) = execute_decisions(
         sim, decision, slot_row, row_sent, sent_ids, k_exec, now, cfg, fcfg)
     R = sent_ids.shape[1]
     d_plat = jnp.repeat(jnp.arange(K), R)
@@ -518,8 +636,12 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
     log = CrossLog(candidates=f(cand), false_pairs=f(cand & ~near), near_pairs=f(near),
                    near_found=f(cand & near), proposed=f(proposed), declined=f(declined),
                    matched=f(pairs.executed), revenue=revenue.astype(jnp.float32),
-                   driver_overflow=f(overflow), server_rows_dropped=f(rows_dropped),
-                   server_columns_dropped=f(cols_dropped))
+                   driver_overflow=f(overflow[:, 0]), driver_stale=f(overflow[:, 1]),
+                   server_rows_dropped=f(rows_dropped),
+                   server_columns_dropped=f(cols_dropped),
+                   rows_dropped_by_platform=by_platform.astype(jnp.float32),
+                   server_total=f(total), server_exact=f(exact),
+                   declined_unprofitable=f(unprofitable))
     return sim, log, pairs
 
 
@@ -527,14 +649,18 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
 
 
 def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig,
-                knobs: Knobs | None = None) -> FedLTDState:
-    """Fresh platforms ([K] stacked days and value tables) and the day's LSH parameters."""
+                knobs: Knobs | None = None, train_orders=None) -> FedLTDState:
+    """Fresh platforms ([K] stacked days and value tables) and the day's LSH parameters.
+    ``train_orders`` [K]: orders each value table was pretrained on (default: equal)."""
     knobs = Knobs.of(fcfg) if knobs is None else knobs
     sim = jax.vmap(lambda d, v: init_state(d, cfg, v))(days, values)
     lsh = encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh, knobs.bucket_width_m)
     codes = jax.vmap(lambda d: init_codes(d, lsh, fcfg))(sim.drivers)
+    K = values.shape[0]
+    train = (jnp.ones((K,), jnp.float32) if train_orders is None
+             else jnp.asarray(train_orders, jnp.float32).reshape(K))
     return FedLTDState(sim=sim, lsh=lsh, knobs=knobs, codes=codes,
-                       releases=ReleaseCount.zeros(sim.pending.order))
+                       releases=ReleaseCount.zeros(sim.pending.order), train_orders=train)
 
 
 @struct.dataclass
@@ -560,9 +686,13 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     sim = state.sim
     K, P = sim.pending.valid.shape
     batch = sim.batch[0]
-    # fold_in(protocol_key, 0) is the day's LSH key; batches draw from fold_in(., 1)
+    # fold_in(protocol_key, 0) is the day's LSH key; batches draw from fold_in(., 1) (the
+    # platforms) and fold_in(., 2) (the server)
     key = jax.random.fold_in(jax.random.fold_in(protocol_key, 1), batch)
     k_model, k_decision = jax.random.split(key)
+    # the server's own stream, fold_in(., 2) per batch: its random tie-breaking (a key the
+    # platforms could derive too; it only orders equally good candidates)
+    k_server = jax.random.fold_in(jax.random.fold_in(protocol_key, 2), batch)
 
     # step 2 at batch 0 (the pretrained tables), then every aggregation_period batches; one
     # platform has nothing to aggregate with (and skipping keeps it exactly single-platform)
@@ -572,7 +702,8 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     if share_models:
         value = jax.lax.cond(
             aggregate, lambda v: aggregate_models(v, sim.totals.arrived, k_model, fcfg,
-                                                  first=batch == 0),
+                                                  first=batch == 0,
+                                                  train_orders=state.train_orders),
             lambda v: v, sim.value)
         sim = sim.replace(value=value)
     used_value = sim.value
@@ -600,10 +731,10 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
         released = worth & sim.pending.valid
         sim, cross, pairs = jax.lax.cond(
             worth, lambda s: decision_stage(s, state.lsh, k_decision, now, cfg, fcfg, eps,
-                                            codes),
-            lambda s: (s, CrossLog.zeros(), CrossPairs.none(K * P)), sim)
+                                            codes, k_server),
+            lambda s: (s, CrossLog.zeros(K), CrossPairs.none(K * P)), sim)
     else:
-        cross, pairs = CrossLog.zeros(), CrossPairs.none(K * P)
+        cross, pairs = CrossLog.zeros(K), CrossPairs.none(K * P)
 
     # per-order release counts, from the residual graph (slots are stable while an order waits)
     releases = count_releases(state.releases, residual.pending.valid, residual.pending.order,
@@ -632,13 +763,15 @@ def simulate_fedltd_day(state: FedLTDState, days: DayData, keys, protocol_key,
 
 @functools.partial(jax.jit, static_argnames=("cfg", "fcfg"))
 def run_fedltd(days: DayData, keys, protocol_key, cfg: SimConfig, fcfg: FedLTDConfig,
-               values=None, knobs: Knobs | None = None):
+               values=None, knobs: Knobs | None = None, train_orders=None):
     """Jitted Fed-LTD day of K platforms (leading axis of ``days``, ``keys``, ``values``).
 
     ``knobs`` (:meth:`Knobs.of`) switch model/decision sharing off and set eps_p and the LSH
     bucket width at run time: one compiled program serves every such ablation.
+    ``train_orders`` [K]: orders each of ``values`` was pretrained on (used by
+    ``fcfg.first_round_weights="training_orders"``; default equal).
     """
     if values is None:
         values = jnp.broadcast_to(init_value(cfg), (keys.shape[0],) + init_value(cfg).shape)
-    state = init_fedltd(days, values, protocol_key, cfg, fcfg, knobs)
+    state = init_fedltd(days, values, protocol_key, cfg, fcfg, knobs, train_orders)
     return simulate_fedltd_day(state, days, keys, protocol_key, cfg, fcfg)

@@ -2,6 +2,7 @@
 against scipy's exact matching, secure model aggregation, Laplace noise, and per-batch
 validity of the two-stage matching against the global one-shot optimum."""
 import dataclasses
+import functools
 import math
 
 import jax
@@ -77,29 +78,27 @@ def test_full_protocol_deterministic_and_shares(market):
     assert not _tree_equal(a.sim.totals, c.sim.totals)
 
 
-@pytest.fixture(scope="module")
-def traced(market):
-    """One noiseless Fed-LTD run, batch by batch (one compiled step): per batch the state
-    before it (after this batch's arrivals), its trace; plus a few residual states that
-    hold unmatched orders, for the server-side tests."""
-    fcfg = dataclasses.replace(FED, epsilon_p=math.inf)
+@functools.partial(jax.jit, static_argnums=(5,))
+def _traced_step(state, ev, keys, pk, t_start, fcfg):
+    now = now_of(jax.tree.map(lambda a: a[0], state.sim), t_start, CFG)
+    pre = jax.vmap(lambda s, e: arrive_orders(advance_time(s, e, now, CFG), e.arrivals,
+                                              now, CFG))(state.sim, ev)
+    new, log, tr = protocol.fedltd_batch(state, ev, keys, pk, t_start, CFG, fcfg, trace=True)
+    return new, log, tr, (pre.pending, pre.drivers)
+
+
+def _trace_day(market, fcfg, knobs=None):
+    """A Fed-LTD day batch by batch (one compiled step; ``knobs`` are traced, so eps_p = 1
+    by knob reuses the noiseless program): per batch the state before it (after this
+    batch's arrivals), its trace; plus a few residual states that hold unmatched orders."""
     keys, pk = _keys(3)
-    state = protocol.init_fedltd(market.days, market.values, pk, CFG, fcfg)
+    state = protocol.init_fedltd(market.days, market.values, pk, CFG, fcfg, knobs)
     events = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), market.days.events)
     t_start = market.days.t_start[0]
-
-    @jax.jit
-    def step(state, ev):
-        now = now_of(jax.tree.map(lambda a: a[0], state.sim), t_start, CFG)
-        pre = jax.vmap(lambda s, e: arrive_orders(advance_time(s, e, now, CFG), e.arrivals,
-                                                  now, CFG))(state.sim, ev)
-        new, log, tr = protocol.fedltd_batch(state, ev, keys, pk, t_start, CFG, fcfg,
-                                             trace=True)
-        return new, log, tr, (pre.pending, pre.drivers)
-
     batches, residuals = [], []
     for b in range(int(market.days.events.online.shape[1])):
-        state, log, tr, pre = step(state, jax.tree.map(lambda x: x[b], events))
+        state, log, tr, pre = _traced_step(state, jax.tree.map(lambda x: x[b], events), keys,
+                                           pk, t_start, fcfg)
         residual = tr.residual
         tr = jax.device_get(tr.replace(residual=None))
         batches.append((jax.device_get(pre), tr, jax.device_get(log)))
@@ -107,6 +106,18 @@ def traced(market):
             residuals.append((residual, tr.now))
     assert len(residuals) >= 3
     return {"batches": batches, "residuals": residuals, "state": state, "fcfg": fcfg}
+
+
+@pytest.fixture(scope="module")
+def traced(market):
+    """One noiseless Fed-LTD run, batch by batch."""
+    return _trace_day(market, dataclasses.replace(FED, epsilon_p=math.inf))
+
+
+@pytest.fixture(scope="module")
+def traced_noisy(market, traced):
+    """The same day with eps_p = 1 (the experiment's default), by knob."""
+    return _trace_day(market, traced["fcfg"], protocol.Knobs.of(traced["fcfg"], epsilon_p=1.0))
 
 
 def test_server_view_holds_only_encoded_fields(traced):
@@ -183,7 +194,7 @@ def test_exact_decision_aggregation_reaches_global_residual_matching(traced):
         scfg = protocol.server_config(CFG, fcfg, K * P)
         for matcher in ("hungarian", "auction"):
             f = dataclasses.replace(fcfg, server_matcher=matcher)
-            decision, (_, total, _, _) = jax.jit(protocol.server_match,
+            decision, (_, total, *_) = jax.jit(protocol.server_match,
                                                  static_argnums=(1, 2))(
                 view, f, scfg, (dist, weight))
             # reference: cross-platform edges within the radius between valid residual nodes
@@ -219,11 +230,38 @@ def test_secure_model_aggregation_equals_plain_average():
         tol = 4.0 / FED.fixed_point.scale / float(np.minimum(w / FED.weight_cap, 1).sum()
                                                   if weights == "orders" else 3.0)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol)
-        assert not np.array_equal(np.asarray(a), np.asarray(b))  # it did go through masks
+    # the masks (review finding 18): each platform's masked upload of its quantized table
+    # looks nothing like it, and the ring sum of the uploads is the unmasked quantized sum
+    # bit for bit (the masks cancel exactly)
+    from fedrl.privacy import quantization, secure_aggregation as sa
+    fp = FED.fixed_point
+    flat = np.asarray(values).reshape(3, -1)
+    q = jnp.stack([quantization.encode(jax.random.fold_in(key, k), jnp.asarray(flat[k]), fp)
+                   for k in range(3)])
+    active = jnp.ones(3, bool)
+    uploads = sa.mask_inputs(q, sa.pair_seeds(jax.random.fold_in(key, 5), 3), active, fp)
+    assert np.mean(np.asarray(uploads) != np.asarray(q)) > 0.99
+    np.testing.assert_array_equal(np.asarray(quantization.ring_sum(uploads, fp)),
+                                  np.asarray(quantization.ring_sum(q, fp)))
+    np.testing.assert_array_equal(
+        np.asarray(sa.masked_ring_sum(key, q, active, fp)),
+        np.asarray(quantization.ring_sum(q, fp)))
     # the day's first round (no order seen yet): equal weights at full fixed-point precision
     first = aggregate_models(values, jnp.zeros(3), key, FED, first=True)
     np.testing.assert_allclose(np.asarray(first[0]), np.asarray(values).mean(0),
                                atol=2.0 / FED.fixed_point.scale)
+    # first_round_weights="training_orders" (review finding 2): the first round weighs each
+    # pretrained table by the orders it was trained on, through the masks
+    by_train = dataclasses.replace(FED, first_round_weights="training_orders")
+    train = jnp.array([5.0, 3.0, 2.0])
+    got = aggregate_models(values, jnp.zeros(3), key, by_train, first=True, train_orders=train)
+    ref = np.tensordot(np.array([0.5, 0.3, 0.2]), np.asarray(values), axes=1)
+    np.testing.assert_allclose(np.asarray(got[0]), ref, atol=4.0 / FED.fixed_point.scale)
+    assert np.abs(np.asarray(got[0]) - np.asarray(values).mean(0)).max() > 1.0   # not equal
+    # later rounds are unchanged by the option
+    np.testing.assert_array_equal(
+        np.asarray(aggregate_models(values, orders, key, by_train, train_orders=train)),
+        np.asarray(aggregate_models(values, orders, key, FED)))
     # blending: mix 0.5 keeps half of the own table
     half = dataclasses.replace(FED, mix=0.5, model_aggregation="plain")
     mean = average_values(values, jnp.ones(3), key, half)
@@ -250,12 +288,17 @@ def _ltd_weights_np(value, o_k, fare, duration, dest_x, dest_y, drv_x, drv_y, di
     return p_done * (fare[:, None] + CFG.gamma ** (dt / CFG.slot_s) * v_next - v_here)
 
 
-def test_two_stage_matching_is_valid_and_never_beats_the_global_optimum(traced):
+@pytest.mark.parametrize("day", ["traced", "traced_noisy"])
+def test_two_stage_matching_is_valid_and_reaches_the_global_optimum(day, request):
     """Every batch: local + cross-platform pairs, scored with the true edge weights (order
     platform's value table, true pick-up distance), form a matching of the union graph of all
-    platforms whose total never exceeds the global one-shot optimum (scipy, exact)."""
+    platforms (with and without Laplace noise). Without noise, the day's two-stage total
+    reaches a stated share of the per-batch global one-shot optimum (scipy, exact), and the
+    cross-platform pairs add weight on top of local matching."""
+    traced = request.getfixturevalue(day)
     P = CFG.max_pending
     batches_with_cross = 0
+    day_total = day_optimum = day_local = 0.0
     for b, ((pend, drv), tr, _) in enumerate(traced["batches"]):
         now = tr.now
         listed = (drv.status == IDLE) & (drv.bucket_slot >= 0)
@@ -272,7 +315,7 @@ def test_two_stage_matching_is_valid_and_never_beats_the_global_optimum(traced):
         within = dist * CFG.pickup_road_factor <= CFG.radius_m
         Wpos = np.where(within, np.maximum(W, 0.0), 0.0)
         r, c = optimize.linear_sum_assignment(Wpos, maximize=True)
-        optimum = Wpos[r, c].sum()
+        day_optimum += Wpos[r, c].sum()
         # the two stages' pairs as (union row, union column)
         row_of = {(int(k), int(s)): i for i, (k, s) in enumerate(zip(o_k, o_s))}
         col_of = {(int(k), int(i)): j for j, (k, i) in enumerate(zip(d_k, d_i))}
@@ -280,6 +323,7 @@ def test_two_stage_matching_is_valid_and_never_beats_the_global_optimum(traced):
         local = np.asarray(tr.local_driver)
         for k, s in zip(*np.nonzero(local >= 0)):
             pairs.append((row_of[(int(k), int(s))], col_of[(int(k), int(local[k, s]))]))
+        n_local = len(pairs)
         cross = jax.device_get(tr.cross)
         for n in np.flatnonzero(cross.executed):
             pairs.append((row_of[(int(n // P), int(n % P))],
@@ -291,14 +335,25 @@ def test_two_stage_matching_is_valid_and_never_beats_the_global_optimum(traced):
         pr, pc = np.array(pairs).T
         assert len(set(pr)) == len(pr) and len(set(pc)) == len(pc)   # a matching
         assert np.all(within[pr, pc])                                # of the union graph
-        total = W[pr, pc].sum()
-        assert total <= optimum + 1e-3 * max(1.0, optimum), (b, total, optimum)
+        day_total += W[pr, pc].sum()
+        day_local += W[pr[:n_local], pc[:n_local]].sum()
     assert batches_with_cross > 0
+    # measured on this day: local alone 0.47 of the optimum; two-stage 0.76 without noise,
+    # 0.63 with eps_p = 1 (grid LSH, Hungarian on both levels)
+    assert day_total > day_local + 0.05 * day_optimum, (day, day_total, day_local)
+    if day == "traced":
+        assert day_total >= 0.7 * day_optimum, (day_total, day_optimum)
 
 
 def test_run_time_knobs_equal_static_configs(market):
     """Ablations through Knobs (one compiled day) equal the statically configured ones."""
     keys, pk = _keys(3)
+    # both knobs off is exactly single-platform dispatch (the experiment's knob path)
+    single, _ = run_platforms(market.days, keys, CFG, market.values)
+    off, _ = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values,
+                                 protocol.Knobs.of(FED, share_models=False,
+                                                   share_decisions=False))
+    assert _tree_equal(off.sim, single)
     static = dataclasses.replace(FED, share_decisions=False, epsilon_p=math.inf)
     a, _ = protocol.run_fedltd(market.days, keys, pk, CFG, static, market.values)
     knobs = protocol.Knobs.of(FED, share_decisions=False, epsilon_p=math.inf)
@@ -327,6 +382,81 @@ def test_run_time_knobs_equal_static_configs(market):
     for bad in (0.0, -5.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="bucket_width_m"):
             protocol.Knobs.of(FED, bucket_width_m=bad)
+
+
+def test_execute_decisions_declines_far_pairs_and_attributes_revenue(traced):
+    """Review finding 18: a synthetic server decision pairing one order with a near driver
+    and another with a far one (LSH false pair). The far pair is declined (order pending,
+    driver idle where he was); the near one is executed: the order leaves its platform's
+    pool, the fare (unless cancelled) lands on the order's platform and in CrossLog revenue,
+    the driver becomes busy on his own platform; cancellations happen at cancel(d)."""
+    from fedrl.dispatch.types import BUSY
+    sim, now = traced["residuals"][0]
+    fcfg = traced["fcfg"]
+    K, P = sim.pending.valid.shape
+    view, sent_ids, _ = protocol.encode_all(sim, traced["state"].lsh, jax.random.PRNGKey(3),
+                                            now, CFG, fcfg)
+    orders = list(zip(*np.nonzero(np.asarray(sim.pending.valid))))[:2]   # (platform, slot)
+    (ko, s_near), (kf, s_far) = [(int(k), int(i)) for k, i in orders]
+    sent = np.asarray(sent_ids)
+    kd = [k for k in range(K) if k not in (ko, kf) and (sent[k] >= 0).sum() >= 2][0]
+    d_near, d_far = int(sent[kd, 0]), int(sent[kd, 1])
+    # put the drivers 1.9 km (near: cancel(d) ~ 0.19) and 3 radii from the orders' origins
+    ox, oy = np.asarray(sim.pending.ox), np.asarray(sim.pending.oy)
+    gap = 1_900.0 / CFG.pickup_road_factor
+    x = sim.drivers.x.at[kd, d_near].set(ox[ko, s_near] + gap).at[kd, d_far].set(
+        ox[kf, s_far] + 3 * CFG.radius_m)
+    y = sim.drivers.y.at[kd, d_near].set(oy[ko, s_near]).at[kd, d_far].set(oy[kf, s_far])
+    sim = sim.replace(drivers=sim.drivers.replace(x=x, y=y))
+    N = K * P
+    n_near, n_far = ko * P + s_near, kf * P + s_far
+    decision = protocol.ServerDecision(
+        order_digest=jnp.zeros((N, 4), jnp.uint32), driver_digest=jnp.zeros((N, 4), jnp.uint32),
+        valid=jnp.zeros(N, bool).at[n_near].set(True).at[n_far].set(True))
+    slot_row = jnp.full((K, P), -1, jnp.int32).at[ko, s_near].set(n_near).at[kf, s_far].set(
+        n_far)
+    row_sent = jnp.full((K, N), -1, jnp.int32).at[kd, n_near].set(0).at[kd, n_far].set(1)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    @functools.partial(jax.vmap, in_axes=(0, None))
+    def execute(key, f):
+        return protocol.execute_decisions(sim, decision, slot_row, row_sent, sent_ids, key,
+                                          now, CFG, f)
+    out, pairs, (proposed, declined, revenue, unprofitable) = execute(
+        jax.random.split(jax.random.PRNGKey(0), 64), fcfg)
+    assert np.all(np.asarray(proposed) == 2) and np.all(np.asarray(declined) == 1)
+    assert not np.asarray(pairs.executed)[:, n_far].any()
+    assert np.asarray(pairs.executed)[:, n_near].all()
+    assert np.all(np.asarray(out.pending.valid)[:, kf, s_far])          # far: still pending
+    assert not np.asarray(out.pending.valid)[:, ko, s_near].any()       # near: served
+    assert np.all(np.asarray(out.drivers.x)[:, kd, d_far] == float(x[kd, d_far]))
+    assert np.all(np.asarray(out.drivers.status)[:, kd, d_far] == IDLE)
+    fare = float(sim.pending.fare[ko, s_near])
+    gained = np.asarray(out.totals.revenue) - np.asarray(sim.totals.revenue)[None]
+    completed = np.asarray(revenue) > 0
+    np.testing.assert_allclose(np.asarray(revenue), np.where(completed, fare, 0.0), rtol=1e-6)
+    np.testing.assert_allclose(gained[:, ko], np.asarray(revenue), rtol=1e-6)   # order's side
+    assert not np.any(np.delete(gained, ko, axis=1))                 # nobody else earns it
+    busy = np.asarray(out.drivers.status)[:, kd, d_near] == BUSY
+    assert np.array_equal(busy, completed)              # cancelled: the driver stays idle
+    cancelled = np.asarray(out.totals.cancelled)[:, ko] - float(sim.totals.cancelled[ko])
+    assert np.array_equal(cancelled == 1, ~completed)
+    assert 0 < (~completed).sum() < 40                  # cancel(1.9 km) ~ 0.19 of 64 keys
+    # without declining, the far pair is executed too
+    off = dataclasses.replace(fcfg, decline_far_pairs=False)
+    _, pairs, (_, declined, _, _) = execute(jax.random.split(jax.random.PRNGKey(0), 2), off)
+    assert np.all(np.asarray(declined) == 0) and np.asarray(pairs.executed)[:, n_far].all()
+    assert np.all(np.asarray(unprofitable) == 0)              # decline_unprofitable is off
+    # decline_unprofitable (review finding 8): with every true weight below weight_lower
+    # the order's platform declines the near pair too (the far one is the driver's decline)
+    high = dataclasses.replace(fcfg, decline_unprofitable=True, weight_lower=100.0,
+                               weight_upper=200.0)
+    assert float(protocol.order_weights(jax.tree.map(lambda a: a[ko], sim), now, CFG)[s_near]) < 100
+    out, pairs, (_, declined, revenue, unprofitable) = execute(
+        jax.random.split(jax.random.PRNGKey(0), 2), high)
+    assert np.all(np.asarray(unprofitable) == 1) and np.all(np.asarray(declined) == 1)
+    assert not np.asarray(pairs.executed).any() and not np.asarray(revenue).any()
+    assert np.all(np.asarray(out.pending.valid)[:, ko, s_near])
 
 
 def test_most_colliding_matches_a_stable_sort():
@@ -375,3 +505,83 @@ def test_market_from_gaia_files(tmp_path):
     assert m.days.driver_x.shape[0] == 2 and m.train_eval_same_day   # one file: flagged
     assert sum(i.num_orders for i in m.infos) == m.global_info.num_orders > 0
     assert abs(m.order_share[0] - 0.6) < 0.1
+
+
+def test_rekeyed_codes_unlink_batches_and_keep_collisions(traced):
+    """Review finding 1: with ``lsh.rekey_codes_per_batch`` an idle driver who did not move
+    is sent with other codes in the next batch (the server cannot link him by his code
+    tuple), while the collisions within a batch (who is a candidate of whom) are exactly
+    those of the day-keyed codes. Off, his codes repeat (the documented limitation)."""
+    sim, now = traced["residuals"][0]
+    lsh = traced["state"].lsh
+    off = traced["fcfg"]
+    on = dataclasses.replace(off, lsh=dataclasses.replace(off.lsh, rekey_codes_per_batch=True))
+
+    def views(fcfg):
+        cache = jax.vmap(lambda d: protocol.init_codes(d, lsh, fcfg))(sim.drivers)
+        enc = jax.jit(lambda k: protocol.encode_all(sim, lsh, k, now, CFG, fcfg, cache=cache))
+        return [jax.device_get(enc(jax.random.PRNGKey(b))) for b in (11, 12)]  # 2 batches
+
+    def hits(view):   # collision counts among every sent order and driver code
+        c = np.concatenate([np.asarray(m.codes).reshape(-1, off.lsh.num_tables)
+                            for m in (view.orders, view.drivers)])
+        v = np.concatenate([np.asarray(m.valid).reshape(-1) for m in (view.orders, view.drivers)])
+        c = c[v]
+        return (c[:, None, :] == c[None, :, :]).sum(-1) - np.eye(len(c), dtype=int) * c.shape[1]
+
+    (a0, ids0, _), (a1, ids1, _) = views(off)
+    (b0, idr0, _), (b1, idr1, _) = views(on)
+    for ids in (ids1, idr0, idr1):
+        np.testing.assert_array_equal(np.asarray(ids), np.asarray(ids0))  # the same drivers
+    sent = np.asarray(a0.drivers.valid)
+    assert sent.sum() >= 3
+    codes = lambda v: np.asarray(v.drivers.codes)[sent]
+    np.testing.assert_array_equal(codes(a0), codes(a1))        # off: linkable
+    assert np.all(codes(b0) != codes(b1))                      # on: every code changes
+    assert not np.isin(codes(b0), codes(a0)).any()             # and is not the day's code
+    for a, b in ((a0, b0), (a1, b1)):                          # collisions unchanged
+        np.testing.assert_array_equal(hits(a), hits(b))
+    assert (hits(a0) > 0).any()
+
+
+def _crowded_view(K=2, P=24, R=24, L=4):
+    """Every order and driver of K platforms in the same cells, equal weights and supply."""
+    rng = np.random.default_rng(0)
+    dig = lambda n: rng.integers(1, 2 ** 32, (K, n, 4), dtype=np.uint64).astype(np.uint32)
+    same = lambda n: jnp.full((K, n, L), 7, jnp.uint32)
+    return protocol.ServerView(
+        orders=protocol.OrderMessage(digest=jnp.asarray(dig(P)), codes=same(P),
+                                     weight=jnp.full((K, P), 10.0),
+                                     valid=jnp.ones((K, P), bool)),
+        drivers=protocol.DriverMessage(digest=jnp.asarray(dig(R)), codes=same(R),
+                                       valid=jnp.ones((K, R), bool)))
+
+
+def test_server_breaks_ties_at_random_and_favours_no_platform():
+    """Review finding 4: 48 orders of 2 platforms all collide with the other platform's 24
+    drivers each, the server matrix holds 16 rows. By index, platform 0 kept every row and the
+    tied orders all kept the same 8 drivers (8 of 16 rows matched); with the server's key,
+    16 orders are matched (min(rows, drivers)) and each platform's rows are kept about
+    equally often over many keys; drops are counted per platform."""
+    K, P = 2, 24
+    view = _crowded_view(K, P)
+    sim = SimConfig(max_pending=P, max_rows=8, max_columns=24, bucket_slots=24, size_classes=())
+    # 48 columns: every driver fits, so only the tie-breaking limits the matching (with 32,
+    # random ties still match 13-16 of 16 rows: the column cap drops candidates)
+    fcfg = FedLTDConfig(server_rows=16, server_columns=48, server_k=8)
+    scfg = protocol.server_config(sim, fcfg, K * P)
+    match = jax.jit(jax.vmap(lambda k: protocol.server_match(view, fcfg, scfg, None, k)))
+    dec, (_, _, dropped, _, by_platform, _) = match(jax.random.split(jax.random.PRNGKey(0), 64))
+    matched = np.asarray(dec.valid).reshape(-1, K, P).sum(-1)            # [keys, K]
+    assert np.all(matched.sum(1) == 16)
+    assert np.all(np.asarray(dropped) == K * P - 16)
+    np.testing.assert_array_equal(np.asarray(by_platform).sum(1), np.asarray(dropped))
+    kept0 = (P - np.asarray(by_platform)[:, 0]) / 16.0                   # platform 0's share
+    assert abs(kept0.mean() - 0.5) < 0.05 and 0.0 < kept0.std() < 0.25   # sd of mean ~0.013
+    assert abs(matched[:, 0].mean() / 16.0 - 0.5) < 0.05
+    # the earlier rule, by index: platform 0 only, and 8 matches out of 16 rows
+    idx = dataclasses.replace(fcfg, server_tie_break="index")
+    dec, (_, _, _, _, by_platform, _) = jax.jit(
+        lambda k: protocol.server_match(view, idx, scfg, None, k))(jax.random.PRNGKey(0))
+    assert np.asarray(dec.valid).reshape(K, P).sum(1).tolist() == [8, 0]
+    assert np.asarray(by_platform).tolist() == [8, 24]
