@@ -67,7 +67,7 @@ from fedrl.federated.aggregation import AggregationTransform
 from fedrl.federated.aggregators import AggregatorConfig, build_aggregator, uplink_bytes_per_party
 from fedrl.federated.personalization import num_shared_params
 from fedrl.federated.round import (FederatedConfig, FederatedState, local_step_caps,
-                                   make_federated_round, party_models)
+                                   make_federated_round, party_models, party_staleness)
 from fedrl.results import atomic_save_figure
 
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
@@ -140,6 +140,9 @@ class HospitalExperimentConfig:
         require(isinstance(self.num_clusters, int) and not isinstance(self.num_clusters, bool)
                 and self.num_clusters >= 2,
                 f"num_clusters must be an integer >= 2 (1 is fedavg), got {self.num_clusters!r}")
+        require("fedavg_clustered" not in self.methods or self.num_clusters <= self.num_hospitals,
+                f"num_clusters={self.num_clusters} exceeds num_hospitals={self.num_hospitals} "
+                "(a cluster could never have a member)")
         require(self.fed.personal_layers == 0 and self.fed.num_clusters == 1,
                 "set personal_layers / num_clusters and add the fedper / fedavg_clustered "
                 "methods instead of fed.personal_layers / fed.num_clusters (which would change "
@@ -419,14 +422,22 @@ def heterogeneity_record(method: str, cfg: HospitalExperimentConfig,
     (:func:`~fedrl.federated.round.local_step_caps`, before ``min_local_fraction``'s random
     cut) and the number of stragglers (cap 0: they never train nor send). Empty otherwise (and
     for centralized, which runs without a deadline)."""
-    if fed_cfg.round_deadline is None or method == "centralized":
+    asynchronous = fed_cfg.max_staleness > 0 and fed_cfg.aggregation != "none"
+    if (fed_cfg.round_deadline is None and not asynchronous) or method == "centralized":
         return {}
     caps = local_step_caps(fed_cfg, cfg.num_hospitals)
     speeds = fed_cfg.party_speeds or (1.0,) * cfg.num_hospitals
-    return {"round_deadline": float(fed_cfg.round_deadline),
-            "party_speeds": [float(v) for v in speeds],
-            "local_step_caps": [int(c) for c in caps],
-            "stragglers": int(np.sum(caps == 0))}
+    record = {"round_deadline": (None if fed_cfg.round_deadline is None
+                                 else float(fed_cfg.round_deadline)),
+              "party_speeds": [float(v) for v in speeds],
+              "local_step_caps": [int(c) for c in caps],
+              "stragglers": int(np.sum(caps == 0))}
+    if asynchronous:   # bounded-staleness asynchronous aggregation (fed.max_staleness)
+        record.update(max_staleness=fed_cfg.max_staleness,
+                      staleness_exponent=float(fed_cfg.staleness_exponent),
+                      party_staleness=[int(s) for s in party_staleness(fed_cfg,
+                                                                      cfg.num_hospitals)])
+    return record
 
 
 def method_aggregator(method: str, cfg: HospitalExperimentConfig) -> AggregatorConfig:
@@ -476,8 +487,10 @@ def uplink_record(method: str, cfg: HospitalExperimentConfig, fed_cfg: Federated
     agg_cfg = method_aggregator(method, cfg)
     sent = num_shared_params(model, fed_cfg.personal_layers)
     per_party = uplink_bytes_per_party(agg_cfg, sent, fed_cfg.num_clusters)
+    # stragglers (cap 0 under a deadline) never send: only the others count
+    senders = float(np.mean(local_step_caps(fed_cfg, cfg.num_hospitals) > 0))
     expected = (participation_rate(fed_cfg, cfg.num_hospitals) * cfg.num_hospitals
-                * (1.0 - fed_cfg.dropout_rate))
+                * (1.0 - fed_cfg.dropout_rate) * senders)
     uplink = {"aggregator": agg_cfg.kind, "num_params": num_params,
               "uplink_bits_per_param": (agg_cfg.quantize_bits
                                         if agg_cfg.kind == "quantized" else 32),
@@ -679,11 +692,19 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
     hetero = next((m for m in methods.values() if m.get("local_step_caps") is not None), None)
     if hetero is not None:
         caps, speeds = hetero["local_step_caps"], hetero["party_speeds"]
-        text.append(f"System heterogeneity (every method but centralized): round deadline "
-                    f"{hetero['round_deadline']:g} x local_steps at speed 1; per hospital "
+        deadline = ("no round deadline" if hetero["round_deadline"] is None else
+                    f"round deadline {hetero['round_deadline']:g} x local_steps at speed 1")
+        text.append(f"System heterogeneity (every method but centralized): {deadline}; per "
+                    "hospital "
                     + ", ".join(f"{h}: speed {v:.2f}, {c} steps" for h, (v, c)
                                 in enumerate(zip(speeds, caps)))
                     + f" per round; {hetero['stragglers']} straggler(s) (never train).\n")
+        if "max_staleness" in hetero:
+            text.append("Asynchronous aggregation (federated methods): each hospital trains "
+                        "from the global model s rounds old, s per hospital "
+                        f"{hetero['party_staleness']} (max_staleness "
+                        f"{hetero['max_staleness']}), its update weighted (1 + s)^-"
+                        f"{hetero['staleness_exponent']:g}.\n")
     record = methods.get("fedavg", {}).get("privacy")
     if record:
         text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "

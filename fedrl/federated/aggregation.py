@@ -26,7 +26,7 @@ clip -> (quantize) -> sum or secure sum -> DP noise -> fixed denominator -> serv
   of Bonawitz et al. (CCS 2017), :mod:`fedrl.privacy.secure_aggregation`.
 
 A client whose update is not finite (diverged local training) is excluded before any of
-this (:func:`exclude_nonfinite`, applied by the federated round for every aggregator).
+this, for every aggregator, by the federated round (``round._client_updates``).
 
 Constructors: :func:`fedavg` (the plain chain), :func:`fednova` (normalized averaging for
 parties that ran different numbers of local updates, Wang et al. NeurIPS 2020), :func:`dp_fedavg`, :func:`secure_fedavg`,
@@ -62,9 +62,16 @@ class Cohort:
 
 
 class AggregationTransform(NamedTuple):
-    """``init(params) -> state``; ``update(x, state, key) -> (x', state')``."""
+    """``init(params) -> state``; ``update(x, state, key) -> (x', state')``.
+
+    ``releases_every_round``: the output is a differentially private release that must be
+    applied in every round, also one without participants (DP-FedAvg adds its noise then too):
+    skipping such a round would reveal that the Poisson sample was empty, an event the
+    accountant does not cover. The federated round skips the server step of a round without
+    participants only for transforms without it."""
     init: Callable[[PyTree], PyTree]
     update: Callable[[Any, PyTree, jax.Array], tuple[Any, PyTree]]
+    releases_every_round: bool = False
 
 
 def stateless(fn: Callable[[Any, jax.Array], Any]) -> AggregationTransform:
@@ -85,7 +92,8 @@ def chain(*transforms: AggregationTransform) -> AggregationTransform:
             new_state.append(s)
         return x, tuple(new_state)
 
-    return AggregationTransform(init, update)
+    return AggregationTransform(init, update,
+                                any(t.releases_every_round for t in transforms))
 
 
 def _broadcast(vector: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -98,27 +106,6 @@ def finite_updates(updates: PyTree) -> jax.Array:
     k = leaves[0].shape[0]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l.reshape(k, -1)), axis=1) for l in leaves]),
                    axis=0)
-
-
-def exclude_nonfinite(cohort: Cohort) -> tuple[Cohort, jax.Array]:
-    """Drop clients whose update has a NaN or inf: the check a real client runs before it sends
-    (a diverged local training must not poison the global model). Returns the cohort with those
-    clients masked out *and their update set to zero* (``0 * NaN`` is NaN, so masking alone
-    would not keep them out of a sum), and the [K] finite flags.
-
-    For every aggregator this is a dropout: FedAvg's weighted mean and the secure mean
-    renormalise over the remaining clients; the secure sum never encodes the update (the
-    fixed-point encoding would otherwise turn NaN into an arbitrary ring element). Under DP
-    (fixed denominator q*N) an excluded client contributes exactly what a client sending the
-    zero update would: zero is inside the clip ball, so the sum's sensitivity stays C and the
-    Gaussian noise z*C still gives the accounted epsilon (whether a client is excluded depends
-    on its own data only, like any other function of its update).
-    """
-    finite = finite_updates(cohort.updates)
-    updates = jax.tree.map(lambda u: jnp.where(_broadcast(finite, u), u, jnp.zeros_like(u)),
-                           cohort.updates)
-    return cohort.replace(updates=updates, mask=jnp.where(finite, cohort.mask,
-                                                            jnp.zeros_like(cohort.mask))), finite
 
 
 def weighted_sum(cohort: Cohort) -> PyTree:
@@ -146,9 +133,16 @@ def normalize_by_local_updates() -> AggregationTransform:
     """FedNova's normalization (Wang, Liu, Liang, Joshi, Poor, "Tackling the Objective
     Inconsistency Problem in Heterogeneous Federated Optimization", NeurIPS 2020, Eq. 6 with
     plain local SGD, a_k = 1 of length tau_k): client k's update becomes
-    ``tau_eff / tau_k * Delta_k``, tau_eff = sum_k p_k tau_k, p_k = m_k w_k / sum_j m_j w_j,
-    so that the :func:`weighted_mean` that follows gives
-    ``d = tau_eff * sum_k p_k Delta_k / tau_k``.
+    ``tau_eff / tau_k * Delta_k``, tau_eff = sum_k p_k tau_k, and its weight becomes 1, so
+    that the :func:`weighted_mean` that follows gives ``d = tau_eff * sum_k p_k Delta_k / tau_k``
+    with **equal shares p_k = 1 / (participants)**.
+
+    The cohort's own weights are ignored on purpose. In the paper p_k = n_k / n is client k's
+    fixed share of the global objective sum_k p_k F_k. The federated round's weights are this
+    round's transition counts, which grow with tau_k under a deadline (a fast party collects
+    more): with them the "normalized" mean would still favour fast parties, the bias FedNova
+    exists to remove. Each party (hospital) here is one task of equal weight, so p_k is uniform
+    [reconstructed; a review found the first version used the round's counts].
 
     FedAvg's mean of Delta_k over-weights parties that ran more local updates: its fixed point
     is the optimum of a surrogate objective weighted by p_k tau_k, not of sum_k p_k F_k (the
@@ -166,12 +160,14 @@ def normalize_by_local_updates() -> AggregationTransform:
                               "per client); the federated round provides them")
         tau = cohort.local_updates.astype(jnp.float32)
         mask = jnp.where(tau > 0, cohort.mask, jnp.zeros_like(cohort.mask))
-        p = cohort.weights * mask
+        p = mask.astype(jnp.float32)                    # equal shares (see above)
         total = jnp.sum(p)
         tau_eff = jnp.sum(p * tau) / jnp.where(total > 0, total, 1.0)
         scale = jnp.where(tau > 0, tau_eff / jnp.where(tau > 0, tau, 1.0), 0.0)
-        return cohort.replace(mask=mask, updates=jax.tree.map(
-            lambda u: (_broadcast(scale, u) * u).astype(u.dtype), cohort.updates))
+        return cohort.replace(mask=mask, weights=jnp.ones_like(cohort.weights),
+                              updates=jax.tree.map(
+                                  lambda u: (_broadcast(scale, u) * u).astype(u.dtype),
+                                  cohort.updates))
     return stateless(fn)
 
 
@@ -483,7 +479,8 @@ def gaussian_noise(stddev: float) -> AggregationTransform:
         noisy = [l + stddev * jax.random.normal(jax.random.fold_in(key, i), l.shape, l.dtype)
                  for i, l in enumerate(leaves)]
         return jax.tree.unflatten(treedef, noisy)
-    return stateless(fn)
+    # a DP release: applied in every round, with or without participants
+    return stateless(fn)._replace(releases_every_round=True)
 
 
 # ------------------------------------------------------------------ convenience constructors

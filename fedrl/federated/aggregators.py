@@ -69,8 +69,8 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
     """The aggregation chain for ``num_parties`` parties, and the DP record (None without DP).
 
     With IFCA clusters (``fed.num_clusters`` > 1) the chain runs once per cluster, on the
-    cluster's members: supported for ``fedavg`` and ``quantized`` (per-party steps and a
-    weighted mean, which mean the same within a cluster); refused for ``secure`` (one masking
+    cluster's members: supported for ``fedavg``, ``quantized`` and ``fednova`` (per-party
+    steps and a weighted mean, which mean the same within a cluster); refused for ``secure`` (one masking
     session per cluster is not implemented) and DP (the accountant does not model the
     data-dependent cluster choice, and the fixed denominator q*N refers to the whole
     population).

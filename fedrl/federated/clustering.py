@@ -62,4 +62,6 @@ def choose_clusters(losses: jax.Array, previous: jax.Array, can_estimate: jax.Ar
     """IFCA's cluster identity estimate argmin_c loss[p, c] (ties: the lowest index), or the
     party's ``previous`` cluster where ``can_estimate`` is False (no usable batch yet, or the
     party is not in this round)."""
-    return jnp.where(can_estimate, jnp.argmin(losses, axis=1).astype(jnp.int32), previous)
+    # a NaN loss (a batch holding NaN) never wins: jnp.argmin would return its index
+    safe = jnp.where(jnp.isnan(losses), jnp.inf, losses)
+    return jnp.where(can_estimate, jnp.argmin(safe, axis=1).astype(jnp.int32), previous)

@@ -35,13 +35,20 @@ default, the default round being bit-identical to the round without them):
   trains nothing and is masked out like a dropout (metric ``stragglers``; ``party_steps``
   holds each party's steps of the round);
 * a party whose update has a NaN / inf is excluded before aggregation for every aggregator
-  (metric ``nonfinite_updates``; why it keeps DP's guarantee:
-  :func:`fedrl.federated.aggregation.exclude_nonfinite`);
+  (metric ``nonfinite_updates``; why it keeps DP's guarantee: :func:`_client_updates`);
+* a round without participants (all stragglers, dropped or excluded) leaves the global model
+  and the server optimizer's state as they were (FedAvgM's momentum or FedAdam's moments
+  would otherwise move the model on a zero update), except under DP, whose noise is a release
+  of every round (``AggregationTransform.releases_every_round``);
 * FedNova (Wang et al., NeurIPS 2020; ``AggregatorConfig(kind="fednova")``) averages
-  Delta_k / tau_k, tau_k a party's local gradient updates (``Cohort.local_updates``), so that
-  unequal budgets do not bias the global model towards the fast parties;
-* ``max_staleness`` = S > 0: bounded-staleness asynchronous aggregation simulated in rounds
-  (FedAsync, Xie, Koyejo, Gupta 2019): the state is an :class:`AsyncFederatedState` holding
+  Delta_k / tau_k with equal shares p_k, tau_k a party's local gradient updates
+  (``Cohort.local_updates``), so that unequal budgets do not bias the global model towards
+  the fast parties;
+* ``max_staleness`` = S > 0: bounded-staleness asynchronous aggregation simulated in rounds,
+  buffered like FedBuff (Nguyen et al., AISTATS 2022: the server applies the weighted mean of
+  the round's stale updates through its optimizer) with FedAsync's polynomial staleness
+  weight (Xie, Koyejo, Gupta 2019), not FedAsync's model mixing: the state is an
+  :class:`AsyncFederatedState` holding
   the S previous global models; party k trains from the model s_k rounds old
   (:func:`party_staleness`, from its speed) and its update is scaled by (1 + s_k)^-a
   (:func:`staleness_weight`) before the aggregation.
@@ -130,10 +137,11 @@ class FederatedConfig:
     # deadline (synchronous FedAvg waits for everyone: speeds then change nothing).
     party_speeds: tuple[float, ...] | None = None
     round_deadline: float | None = None
-    # Bounded-staleness asynchronous aggregation simulated in rounds (FedAsync, Xie, Koyejo,
-    # Gupta 2019): party k trains from the global model s_k <= max_staleness rounds old (s_k
-    # from its speed, see party_staleness) and its update is scaled by (1 + s_k)^-a,
-    # a = staleness_exponent. 0 = synchronous rounds.
+    # Bounded-staleness asynchronous aggregation simulated in rounds (FedBuff-style buffered
+    # mean with FedAsync's staleness weight, Xie, Koyejo, Gupta 2019): party k trains from the
+    # global model s_k <= max_staleness rounds old (s_k from its speed, see party_staleness;
+    # needs party_speeds) and its update is scaled by (1 + s_k)^-a, a = staleness_exponent.
+    # 0 = synchronous rounds; at most num_rounds.
     max_staleness: int = 0
     staleness_exponent: float = 0.5
 
@@ -175,6 +183,10 @@ class FederatedConfig:
         require(isinstance(self.max_staleness, int) and not isinstance(self.max_staleness, bool)
                 and self.max_staleness >= 0,
                 f"fed.max_staleness must be an integer >= 0, got {self.max_staleness!r}")
+        require(self.max_staleness <= self.num_rounds,
+                f"fed.max_staleness={self.max_staleness} exceeds fed.num_rounds="
+                f"{self.num_rounds}: no update can be older than the run (the state would keep "
+                "that many copies of the model)")
         require(isinstance(self.staleness_exponent, (int, float))
                 and not isinstance(self.staleness_exponent, bool)
                 and math.isfinite(self.staleness_exponent) and self.staleness_exponent >= 0,
@@ -344,8 +356,12 @@ def _client_updates(trained: PyTree, start: PyTree, participating: jax.Array
     broadcast), after the check a real client runs before sending: a party whose trained
     weights hold a NaN / inf (diverged local training) sends nothing -- its update is zeroed
     and it is masked out like a dropout (``0 * NaN`` is NaN: masking alone would not keep it
-    out of a sum). See :func:`~fedrl.federated.aggregation.exclude_nonfinite` for why this
-    keeps every aggregator's guarantee, DP's included. Returns (updates, participating, number
+    out of a sum). For FedAvg and the secure mean this is a dropout (the mean renormalises over
+    the others); the secure sum never encodes the NaN. Under DP-FedAvg it keeps the guarantee:
+    the denominator is the fixed expected cohort q*N, so excluding a party is exactly that party
+    sending the zero update, which lies inside the clip ball; the sum's sensitivity stays C and
+    the noise z*C gives the accounted epsilon (whether a party is excluded is a function of its
+    own data only). Returns (updates, participating, number
     of parties excluded).
 
     The check reads the trained weights, not the difference: with finite start weights the two
@@ -400,7 +416,14 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             f"fed.clients_per_round={cfg.clients_per_round} exceeds the {num_parties} parties")
     cohort = (cfg.clients_per_round or num_parties) if cfg.sampling == "fixed" else num_parties
     caps = local_step_caps(cfg, num_parties)     # static: deterministic given the config
+    require(caps.max() > 0,
+            f"fed.round_deadline={cfg.round_deadline} with fed.party_speeds={cfg.party_speeds}: "
+            f"every party is a straggler (no party finishes one of the {cfg.local_steps} local "
+            "steps before the deadline), so nothing would ever train or be aggregated")
     asynchronous = cfg.aggregation != "none" and cfg.max_staleness > 0
+    require(not asynchronous or cfg.party_speeds is not None,
+            f"fed.max_staleness={cfg.max_staleness} needs fed.party_speeds (each party's "
+            "staleness comes from its speed); without them every update is fresh")
     staleness = party_staleness(cfg, num_parties)
     mesh = party_mesh(cfg.devices, cohort)
     num_devices = mesh.devices.size
@@ -604,6 +627,14 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                        local_updates=summary["updates"]), agg_state, k_agg)
             global_params, server_opt_state = server_update(
                 global_params, delta, server_opt_state, server_opt)
+        if federated and not clustered and not aggregator.releases_every_round:
+            # A round without participants (all stragglers, dropped or excluded) keeps the
+            # server as it was: FedAvgM's momentum / FedAdam's moments would otherwise move the
+            # model on a zero update. Not under DP: its noise is released in every round
+            # (skipping would reveal an empty Poisson sample). (IFCA guards each cluster.)
+            global_params, server_opt_state, agg_state = tree_select(
+                jnp.any(participating), (global_params, server_opt_state, agg_state),
+                (state.global_params, state.server_opt_state, state.aggregator_state))
 
         parties = jax.tree.map(lambda whole, part: whole.at[idx].set(part),
                                state.parties, trained)
@@ -633,7 +664,9 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             metrics["staleness"] = jnp.zeros((num_parties,), jnp.int32).at[idx].set(
                 jnp.where(sampled, jnp.asarray(staleness)[idx], 0))
         if clustered:
-            clusters = state.clusters.at[idx].set(assigned)
+            # the server learns the cluster of the parties that sent an update only
+            clusters = state.clusters.at[idx].set(
+                jnp.where(participating, assigned, state.clusters[idx]))
             new_state = new_state.replace(clusters=clusters)
             metrics.update(metrics_extra, clusters=clusters)
         return new_state, metrics

@@ -18,8 +18,10 @@ def test_noniid_methods_are_opt_in_with_their_own_fed_config():
     assert "fedper" not in default.methods and "fedavg_clustered" not in default.methods
     assert default.personal_layers == 1 and default.num_clusters == 2
     cfg = dataclasses.replace(hospital.smoke(), methods=("fedavg", "fedper", "fedavg_clustered"),
-                              personal_layers=2, num_clusters=3)
+                              personal_layers=2, num_clusters=3, num_hospitals=3)
     cfg.validate()
+    with pytest.raises(ConfigError, match="num_clusters=3 exceeds num_hospitals=2"):
+        dataclasses.replace(cfg, num_hospitals=2).validate()
     params = {"leaf": np.zeros((cfg.num_hospitals, 3))}
     fedper = hospital.method_setup("fedper", cfg, params)[1]
     clustered = hospital.method_setup("fedavg_clustered", cfg, params)[1]

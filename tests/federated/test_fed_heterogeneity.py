@@ -27,7 +27,10 @@ def _one_round(env_params, kind="fedavg", key=1, **fed):
     dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
     cfg = FederatedConfig(**{"num_rounds": 1, "local_steps": 30, **fed})
     k = env_params.horizon.shape[0]
-    agg, _ = build_aggregator(AggregatorConfig(kind=kind, noise_multiplier=0.1), k, cfg)
+    # (z = 1: the DP record's epsilon is not under test, and at z = 0.1 its accounting alone
+    # takes ~12 s)
+    agg, _ = build_aggregator(AggregatorConfig(kind=kind, noise_multiplier=1.0,
+                                               accountant="rdp"), k, cfg)
     rnd = make_federated_round(dqn, toy_env.ENV, env_params, cfg, agg)
     state = rnd.init(jax.random.key(0))
     before = jax.tree.map(np.asarray, state.global_params)
@@ -35,7 +38,7 @@ def _one_round(env_params, kind="fedavg", key=1, **fed):
     return before, new, metrics
 
 
-@pytest.mark.parametrize("kind,fed", [("fedavg", {}),
+@pytest.mark.parametrize("kind,fed", [("fedavg", {}), ("secure", {}),
                                       ("dp", {"sampling": "poisson", "sampling_rate": 1.0})])
 def test_nonfinite_update_is_excluded(kind, fed):
     # Party 1's rewards are NaN: its TD loss, gradients and weights become NaN.
@@ -46,11 +49,13 @@ def test_nonfinite_update_is_excluded(kind, fed):
     assert int(metrics["participants"]) == 2
     for leaf in jax.tree.leaves(new.global_params):
         assert np.all(np.isfinite(np.asarray(leaf)))
-    if kind == "fedavg":
-        # The weighted mean of the two finite parties' deltas (equal transition counts).
+    if kind in ("fedavg", "secure"):
+        # The weighted mean of the two finite parties' deltas (equal transition counts); the
+        # secure mean up to its fixed-point rounding.
         expected = jax.tree.map(lambda p, g: g + (p[0] - g + p[2] - g) / 2, trained, before)
+        tol = 1e-6 if kind == "fedavg" else 1e-4
         for got, want in zip(jax.tree.leaves(new.global_params), jax.tree.leaves(expected)):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=tol)
 
 
 def test_local_step_caps_and_validation():
@@ -73,11 +78,12 @@ def test_local_step_caps_and_validation():
                              FederatedConfig(party_speeds=(1.0, 2.0), round_deadline=1.0))
 
 
-def _fednova_numpy(updates, weights, mask, tau):
+def _fednova_numpy(updates, mask, tau):
     """FedNova, Wang et al. 2020: d = tau_eff sum_k p_k Delta_k / tau_k over the participants
-    with tau_k > 0, p_k their FedAvg weights, tau_eff = sum_k p_k tau_k."""
+    with tau_k > 0, p_k equal shares (not the round's transition counts, which grow with tau_k
+    under a deadline), tau_eff = sum_k p_k tau_k."""
     keep = mask & (tau > 0)
-    p = np.where(keep, weights, 0.0) / np.sum(np.where(keep, weights, 0.0))
+    p = keep / np.sum(keep)
     tau_eff = np.sum(p * tau)
     safe = np.where(tau > 0, tau, 1.0)
     return {n: tau_eff * np.tensordot(p / safe, u.astype(np.float64), 1)
@@ -98,12 +104,16 @@ def test_fednova_equals_numpy_and_fedavg_with_equal_tau():
     cohort = Cohort(updates=jax.tree.map(jnp.asarray, updates), weights=jnp.asarray(weights),
                     mask=jnp.asarray(mask), local_updates=jnp.asarray(tau))
     got = _aggregate(fednova(), cohort)
-    want = _fednova_numpy(updates, weights, mask, tau)
+    want = _fednova_numpy(updates, mask, tau)
     plain = _aggregate(fedavg(), cohort)
+    # the cohort's weights (the round's transition counts) do not enter FedNova's shares
+    reweighted = _aggregate(fednova(), cohort.replace(weights=jnp.asarray(weights[::-1])))
     for n in updates:
         np.testing.assert_allclose(got[n], want[n], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(reweighted[n], got[n])
         assert not np.allclose(got[n], plain[n], rtol=1e-3)   # unequal tau: not FedAvg
-    equal = cohort.replace(local_updates=jnp.full((6,), 4, jnp.int32))
+    equal = cohort.replace(local_updates=jnp.full((6,), 4, jnp.int32),
+                           weights=jnp.ones((6,), jnp.float32))
     for a, b in zip(jax.tree.leaves(_aggregate(fednova(), equal)),
                     jax.tree.leaves(_aggregate(fedavg(), equal))):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -138,7 +148,7 @@ def test_deadline_fednova_round_matches_numpy():
     trained = jax.tree.map(np.asarray, new.parties.params)
     deltas = {str(i): p - g[None] for i, (p, g) in enumerate(
         zip(jax.tree.leaves(trained), jax.tree.leaves(before)))}
-    want = _fednova_numpy(deltas, budget.astype(np.float64), np.array([True, True, False]), tau)
+    want = _fednova_numpy(deltas, np.array([True, True, False]), tau)
     for i, (got, g) in enumerate(zip(jax.tree.leaves(new.global_params),
                                      jax.tree.leaves(before))):
         np.testing.assert_allclose(got, g + want[str(i)], rtol=1e-5, atol=1e-6)
@@ -181,3 +191,57 @@ def test_async_round_trains_from_stale_models_and_shrinks_their_updates():
         want = a + np.tensordot(shrink / 2, t - start, 1)   # equal step counts
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(h[0], a)      # the ring now holds g1
+
+
+def test_fednova_opposite_progress_cancels_whatever_the_step_counts():
+    """The review's case: two parties with opposite per-step progress and tau = (10, 2), their
+    weights the round's transition counts (10, 2). FedNova with equal shares gives d = 0; with
+    the counts as shares it gave +5.78 (the bias towards the fast party it should remove)."""
+    g = np.array([1.0, -1.0], np.float32)
+    tau = np.array([10, 2], np.int32)
+    cohort = Cohort(updates={"w": jnp.asarray((tau * g)[:, None])},
+                    weights=jnp.asarray(tau, jnp.float32), mask=jnp.ones((2,), bool),
+                    local_updates=jnp.asarray(tau))
+    np.testing.assert_allclose(_aggregate(fednova(), cohort)["w"], [0.0], atol=1e-6)
+
+
+def test_round_without_participants_keeps_the_server_state():
+    """A cohort of one drawn from a fast party and a straggler: the rounds that draw the
+    straggler have no participant and leave the global model and FedAvgM's momentum exactly as
+    they were (before, the momentum moved the model on the zero update)."""
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(num_rounds=8, local_steps=20, clients_per_round=1,
+                          party_speeds=(1.0, 1e-3), round_deadline=1.0,
+                          server_optimizer="momentum")
+    rnd = make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(2), cfg)
+    state = rnd.init(jax.random.key(0))
+    seen = set()
+    for r in range(8):
+        before = jax.tree.map(np.asarray, (state.global_params, state.server_opt_state))
+        state, m = rnd.step(state, jax.random.key(3))
+        after = jax.tree.map(np.asarray, (state.global_params, state.server_opt_state))
+        empty = int(m["participants"]) == 0
+        seen.add(empty)
+        moved = any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                             jax.tree.leaves(after)))
+        assert moved != empty, (r, empty)
+    assert seen == {True, False}
+
+
+def test_dp_chains_release_every_round():
+    from fedrl.federated import aggregation
+    assert aggregation.dp_fedavg(1.0, 1.0, 2.0).releases_every_round
+    assert not aggregation.fedavg().releases_every_round
+    assert not aggregation.fednova().releases_every_round
+
+
+@pytest.mark.parametrize("fed, k, name", [
+    (dict(party_speeds=(1e-3, 1e-3), round_deadline=1.0), 2, "every party is a straggler"),
+    (dict(max_staleness=2), 2, "needs fed.party_speeds"),
+    (dict(max_staleness=5, num_rounds=3, party_speeds=(1.0, 0.5)), 2, "fed.max_staleness=5"),
+])
+def test_impossible_heterogeneity_settings_are_refused(fed, k, name):
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    with pytest.raises(ConfigError, match=name):
+        make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(k),
+                             FederatedConfig(**{"local_steps": 20, **fed}))
