@@ -9,7 +9,7 @@ from experiments import fedltd
 from experiments.common import execute
 from fedrl.config import ConfigError
 
-OVERRIDES = ["platforms=(2,)"]
+OVERRIDES = ["platforms=(2,)", "seeds=1"]   # one seed: the suite runs near its 10-minute limit
 
 
 def test_smoke_run_writes_all_tables_and_resumes(tmp_path):
@@ -20,7 +20,7 @@ def test_smoke_run_writes_all_tables_and_resumes(tmp_path):
         assert f"**{title}" in table, title
     m = results["methods"]
     seeds = results["seeds"]
-    assert len(seeds) == 2
+    assert len(seeds) == 1
     for s in seeds:
         full = m[f"t1/fedltd/{s}"]
         assert full["cross_matched"] > 0 and full["aggregations"] > 0
