@@ -16,7 +16,9 @@ def run_python(script: str, *, host_devices: int | None = None, paths=(), env=No
     full = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",
             "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, paths)])}
     if host_devices is not None:
-        full["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={host_devices}"
+        # keeps the session's flags (tests/conftest.py: the compile-time setting)
+        full["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                             f"--xla_force_host_platform_device_count={host_devices}").strip()
     for key, value in (env or {}).items():
         if value is None:
             full.pop(key, None)

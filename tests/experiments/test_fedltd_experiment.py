@@ -9,7 +9,7 @@ from experiments import fedltd
 from experiments.common import execute
 from fedrl.config import ConfigError
 
-OVERRIDES = ["platforms=(2,)", "seeds=1"]   # one seed: the suite runs near its 10-minute limit
+OVERRIDES = ["platforms=(3,)", "seeds=1"]   # K = 3 and one seed: every day shares table 1's programs
 
 
 def test_smoke_run_writes_all_tables_and_resumes(tmp_path):
@@ -34,7 +34,7 @@ def test_smoke_run_writes_all_tables_and_resumes(tmp_path):
         # record, down to its wall time (review finding 10)
         for same in (f"t4/eps=1/{s}", f"t4/width=2000/{s}"):
             assert m[same]["wall_s"] == m[f"t1/fedltd/{s}"]["wall_s"], same
-        assert m[f"t2/K=2/single/{s}"]["platforms"] == 2
+        assert m[f"t2/K=3/single/{s}"]["platforms"] == 3
         # step 3's capacity counters are overflow counters; waiting codes are apart
         full = m[f"t1/fedltd/{s}"]
         assert {"driver_overflow", "server_rows_dropped",

@@ -62,8 +62,10 @@ def test_one_platform_equals_single_platform(market):
 
 def test_full_protocol_deterministic_and_shares(market):
     keys, pk = _keys(3)
-    a, log_a = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values)
-    b, log_b = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values)
+    # default knobs passed traced, as the experiment does: the program of the knobs test below
+    knobs = protocol.Knobs.of(FED)
+    a, log_a = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values, knobs)
+    b, log_b = protocol.run_fedltd(market.days, keys, pk, CFG, FED, market.values, knobs)
     assert _tree_equal(a, b) and _tree_equal(log_a, log_b)
     # cross-platform trips happened, the models were aggregated at batch 0, 60, 120
     assert float(jnp.sum(log_a.cross.matched)) > 0
@@ -74,7 +76,7 @@ def test_full_protocol_deterministic_and_shares(market):
     assert t.arrived == t.completed + t.cancelled + t.expired + t.pending_overflow + pending
     # another protocol key changes the protocol's randomness
     c, _ = protocol.run_fedltd(market.days, keys, jax.random.PRNGKey(8), CFG, FED,
-                               market.values)
+                               market.values, knobs)
     assert not _tree_equal(a.sim.totals, c.sim.totals)
 
 
