@@ -77,13 +77,16 @@ def expected_waiting(batch_of, num_batches: int, cfg: SimConfig) -> float:
 
 def build_day(orders: Orders, drivers: DriverTable, cfg: SimConfig, *, bounds: Bounds,
               day_start: int, t_start_s: float, num_batches: int, seed: int,
-              fare_fn=None, max_arrivals: int | None = None) -> tuple[DayData, DayInfo]:
+              fare_fn=None, max_arrivals: int | None = None,
+              patience_s: np.ndarray | None = None) -> tuple[DayData, DayInfo]:
     """Pre-bucket a day: orders by arrival batch, driver shifts as on/offline events.
 
     ``t_start_s`` is the simulated window's start in seconds after ``day_start`` (Unix time of
     the local midnight). Orders without ``reward`` are priced by ``fare_fn(straight_km,
     hour)`` (:func:`order_fares`; required then). Patience (``exponential`` mode) is drawn
-    here from ``numpy.random.default_rng(seed)``; with it, a pending pool smaller than the
+    here from ``numpy.random.default_rng(seed)``, unless ``patience_s`` gives each of
+    ``orders`` its own (seconds, aligned with ``orders``: days built from subsets of one order
+    table then share each order's draw); with it, a pending pool smaller than the
     orders expected to wait at the busiest time (:func:`expected_waiting`) gives a warning
     (new orders are dropped when the pool is full, counted in ``pending_overflow``).
     """
@@ -112,8 +115,15 @@ def build_day(orders: Orders, drivers: DriverTable, cfg: SimConfig, *, bounds: B
                 f"{cfg.patience_mean_s:g} s): orders arriving to a full pool are dropped "
                 "(pending_overflow); raise sim.max_pending", stacklevel=2)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 300]))
+    if patience_s is not None:
+        patience_s = np.asarray(patience_s, np.float64)
+        if patience_s.shape != (len(orders),) or not np.all(np.isfinite(patience_s)) \
+                or np.any(patience_s < 0):
+            raise ConfigError(f"patience_s must hold one finite patience >= 0 (seconds) per "
+                              f"order ({len(orders)}), got shape {patience_s.shape}")
     if cfg.patience == "exponential":
-        patience = rng.exponential(cfg.patience_mean_s, len(idx))
+        patience = (rng.exponential(cfg.patience_mean_s, len(idx)) if patience_s is None
+                    else patience_s[idx])
     else:
         patience = np.zeros(len(idx))
     counts = np.bincount(bi, minlength=num_batches)

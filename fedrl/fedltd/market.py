@@ -97,15 +97,19 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
                  market.spatial_skew, width, seed, 13)
     nb = int(round(city.hours * 3600 / cfg.batch_s))
     fare_fn = fare_function(city)   # prices order files without reward_units (both uses)
-    build = lambda o, d, s: build_day(o, d, cfg, bounds=city.bounds, day_start=day_start,
-                                      t_start_s=city.start_hour * 3600, num_batches=nb,
-                                      seed=s, fare_fn=fare_fn)
-    parts = [build(orders.subset(op == k), drivers.subset(dp == k), seed * 100 + k)
-             for k in range(K)]
+    # each order's patience is drawn once, before the split: an order has the same patience
+    # in its platform's day and in the global day (common random numbers; review finding 7)
+    patience = (np.random.default_rng(np.random.SeedSequence([int(seed), 14])).exponential(
+        cfg.patience_mean_s, len(orders)) if cfg.patience == "exponential" else None)
+    build = lambda o, d, s, pat: build_day(o, d, cfg, bounds=city.bounds, day_start=day_start,
+                                           t_start_s=city.start_hour * 3600, num_batches=nb,
+                                           seed=s, fare_fn=fare_fn, patience_s=pat)
+    parts = [build(orders.subset(op == k), drivers.subset(dp == k), seed * 100 + k,
+                   None if patience is None else patience[op == k]) for k in range(K)]
     if any(info.num_orders == 0 for _, info in parts):
         raise ConfigError(f"a platform got no order in the window (shares {market.shares}); "
                           "enlarge the city or the window")
-    global_day, global_info = build(orders, drivers, seed * 100 + 99)
+    global_day, global_info = build(orders, drivers, seed * 100 + 99, patience)
 
     def value_of(train_orders):
         if not pretrain or len(train_orders) == 0:
