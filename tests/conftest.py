@@ -27,6 +27,7 @@ HEAVY_FIRST = (
     "tests/matching/test_matching_auction.py",
     "tests/experiments/test_hospital_experiment.py",
     "tests/experiments/test_privacy_utility_experiment.py",
+    "tests/experiments/test_hospital_opt_in_methods.py",
     "tests/federated/test_fed_round.py",
     "tests/federated/test_fed_round_sharded.py",
     "tests/agents/test_dqn.py",

@@ -1,0 +1,37 @@
+"""End-to-end smoke run of the hospital experiment's opt-in methods (fedper, fedavg_clustered,
+fednova, fedavg_quantized) under a round deadline: each one trains, is evaluated and reaches the
+table with its own record (uplink, clusters, local-step caps). The other hospital tests check
+their setup without training."""
+import json
+import math
+
+from experiments import hospital
+from experiments.common import execute
+
+METHODS = ("fedper", "fedavg_clustered", "fednova", "fedavg_quantized")
+
+
+def test_opt_in_methods_train_and_reach_the_table(tmp_path):
+    results = execute(hospital.EXPERIMENT, "smoke", tmp_path, seed=0, progress=False,
+                      overrides=[f"methods={METHODS!r}", "heuristics=('random',)",
+                                 "fed.party_speeds=(1.0,0.5)", "fed.round_deadline=1.0"])
+    m = results["methods"]
+    assert set(m) == {*METHODS, "random"}
+    for name in METHODS:
+        assert m[name]["kind"] == "dqn" and m[name]["compile_time_s"] > 0, name
+        assert math.isfinite(m[name]["episode_return"]), name
+        # smoke: 96 local steps; floor(speed x deadline x 96) for speeds 1.0 and 0.5
+        assert m[name]["local_step_caps"] == [96, 48], name
+    assert m["fednova"]["aggregator"] == "fednova"
+    assert m["fedavg_quantized"]["uplink_bits_per_param"] == 8
+    assert m["fedper"]["uplink_num_params"] < m["fedper"]["num_params"]   # the head stays home
+    assert m["fedavg_clustered"]["num_clusters"] == 2
+    clusters = results["cluster_assignments"]["fedavg_clustered"]
+    assert len(clusters) == 2 and set(clusters) <= {0, 1}
+    # FedPer's and IFCA's hospitals act with their own models: evaluated per hospital
+    assert {"fedper", "fedavg_clustered"} <= set(results["per_hospital"])
+    table = (tmp_path / "table.md").read_text()
+    for name in METHODS:
+        assert f"| {name} |" in table, name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["fed"]["round_deadline"] == 1.0
