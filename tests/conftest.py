@@ -5,13 +5,31 @@ run small shapes once. ``jax_disable_most_optimizations`` roughly halves compile
 XLA:CPU's legacy (non-MLIR) fusion emitters halve it again (a Fed-LTD day: 12.5 -> 4.7 s, a
 hospital round: 8.4 -> 3.1 s); neither changes what the programs compute (benchmarks and
 experiments run with XLA's defaults). ``XLA_FLAGS`` must be set before JAX creates its CPU
-client; subprocesses (``tests/fresh_process.py``) inherit it.
+client; subprocesses (``tests/fresh_process.py``) inherit it. XLA aborts on a flag it does not
+know, so the flag is first tried in a throw-away process (a jaxlib that dropped the legacy
+emitters runs the suite without it, only slower); xdist workers inherit the outcome.
 """
 import os
+import subprocess
+import sys
 
 TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
-if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+def _xla_accepts(flags: str) -> bool:
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    try:
+        return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                              capture_output=True, timeout=300).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+if "FEDRL_TEST_XLA_FLAGS" not in os.environ:   # once per session (the xdist controller)
+    os.environ["FEDRL_TEST_XLA_FLAGS"] = TEST_XLA_FLAGS if _xla_accepts(TEST_XLA_FLAGS) else ""
+_extra = os.environ["FEDRL_TEST_XLA_FLAGS"]
+if _extra and _extra not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_extra}".strip()
 
 import jax  # noqa: E402
 
