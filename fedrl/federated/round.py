@@ -552,6 +552,17 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             if cfg.reset_optimizer_each_round:
                 selected = selected.replace(opt_state=jax.vmap(dqn.optimizer.init)(
                     selected.params))
+            else:
+                # A party left out last round for a non-finite update (its Q-values diverged)
+                # restarts its optimizer: the broadcast replaced its weights, but NaN moments
+                # would make every later update NaN and exclude it for good. A finite state is
+                # kept bit for bit.
+                selected = selected.replace(opt_state=tree_select(
+                    ~finite_updates(selected.opt_state),
+                    jax.vmap(dqn.optimizer.init)(selected.params), selected.opt_state))
+            if not cfg.sync_target_each_round:   # likewise a diverged target network
+                selected = selected.replace(target_params=tree_select(
+                    ~finite_updates(selected.target_params), start, selected.target_params))
         elif cfg.sync_target_each_round and dqn.config.target_update_every == 0:
             # No broadcast (local-only, centralized): "round sync only" syncs the target to the
             # party's own online weights at the start of each round; without this the target

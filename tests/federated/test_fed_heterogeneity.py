@@ -58,6 +58,34 @@ def test_nonfinite_update_is_excluded(kind, fed):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=tol)
 
 
+@pytest.mark.parametrize("fed", [{}, {"sync_target_each_round": False}])
+def test_a_diverged_party_recovers_at_the_next_broadcast(fed):
+    """A party whose optimizer state (and, without the round-start target sync, its target
+    network) went non-finite restarts them at the broadcast and sends a finite update again;
+    before, its NaN Adam moments made every later update NaN (excluded for good)."""
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(num_rounds=2, local_steps=30, **fed)
+    rnd = make_federated_round(dqn, toy_env.ENV, _toy_params([1.0, 1.0, 2.0]), cfg)
+    state = rnd.init(jax.random.key(0))
+    poison = lambda tree: jax.tree.map(
+        lambda x: x.at[1].set(jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+    parties = state.parties.replace(opt_state=poison(state.parties.opt_state))
+    if fed:
+        parties = parties.replace(target_params=poison(parties.target_params))
+    clean, _ = rnd.step(jax.tree.map(jnp.copy, state), jax.random.key(1))
+    new, metrics = rnd.step(state.replace(parties=parties), jax.random.key(1))
+    assert int(metrics["nonfinite_updates"]) == 0 and int(metrics["participants"]) == 3
+    for leaf in jax.tree.leaves((new.global_params, new.parties.params,
+                                 new.parties.opt_state)):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    # the healthy parties are untouched; in round 0 a fresh optimizer state is the initial
+    # one, so with only the optimizer poisoned the whole round equals the clean round
+    same = (lambda t: t) if not fed else (lambda t: jax.tree.map(lambda x: x[::2], t))
+    jax.tree.map(np.testing.assert_array_equal, same(new.parties), same(clean.parties))
+    if not fed:
+        jax.tree.map(np.testing.assert_array_equal, new.global_params, clean.global_params)
+
+
 def test_local_step_caps_and_validation():
     cfg = FederatedConfig(local_steps=30, party_speeds=(1.0, 0.5, 0.03, 2.0), round_deadline=0.8)
     np.testing.assert_array_equal(local_step_caps(cfg, 4), [24, 12, 0, 30])
