@@ -14,7 +14,10 @@ drift of a shared machine hits them alike.
 Ours runs on one device and, when there are several (``scripts/bench.py`` makes one CPU host
 device per core), spread over all of them (``FederatedConfig.devices``): XLA:CPU runs each
 small per-party matmul on one thread, so a 2-core machine is only fully used through two
-devices.
+devices. On CPU each device trains its parties in groups of ``CPU_PARTY_CHUNK``
+(``FederatedConfig.party_chunk``): a group's networks, Adam moments and replay buffers stay in
+cache over the local steps. The all-at-once round (``party_chunk=0``) is timed beside it when
+a device holds more than one group (``fed_dqn_party_chunk`` rows: the groups' speed-up).
 
 Also reported: achieved FLOP/s of the round (analytic count of the matmul FLOPs of its updates
 and acting passes) as a fraction of this machine's float32 matmul peak (best of 5 large
@@ -39,6 +42,9 @@ from bench_cases.timing import compiled_round, interleaved_medians
 
 NAME = "fed_dqn"
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
+# Parties trained together per device on CPU (2-16 measured alike at K=64 on 2 devices, 1.4x
+# the all-at-once round); 0 (all at once) on an accelerator.
+CPU_PARTY_CHUNK = 8
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -158,9 +164,15 @@ def run(quick: bool = False) -> list[dict]:
 
         # Ours: one jitted round, on one device and spread over all of them; the first round
         # fills the replay buffers (and is the warm-up).
+        chunk = CPU_PARTY_CHUNK if platform == "cpu" else 0
+        variants = [(devices, chunk) for devices in device_counts]
+        if chunk and k > chunk * max(device_counts):     # a device holds several groups
+            variants.append((max(device_counts), 0))
         ours, rounds = {}, {}
-        for devices in device_counts:
-            fed_cfg = FederatedConfig(num_rounds=1, local_steps=local_steps, devices=devices)
+        for variant in variants:
+            devices, party_chunk = variant
+            fed_cfg = FederatedConfig(num_rounds=1, local_steps=local_steps, devices=devices,
+                                      party_chunk=party_chunk)
             rnd = make_federated_round(dqn, ENV, stacked, fed_cfg)
             step, state, compile_s = compiled_round(rnd, key)
             holder = {"s": state}
@@ -172,9 +184,9 @@ def run(quick: bool = False) -> list[dict]:
             # the timed rounds (and the loop, which starts from this state) update every step
             for _ in range(-(-dqn_cfg.learning_starts // local_steps)):
                 one_round()
-            rounds[devices] = one_round
-            ours[devices] = (holder, compile_s)
-        state = ours[1][0]["s"]
+            rounds[variant] = one_round
+            ours[variant] = (holder, compile_s)
+        state = ours[variants[0]][0]["s"]
 
         loops = _baseline_loops(dqn, state, stacked, key, k, local_steps)
         fns = {**rounds, "loop": loops["loop"], "step_loop": loops["step_loop"]}
@@ -200,12 +212,21 @@ def run(quick: bool = False) -> list[dict]:
                      "value": loop_flops / 1e9, "unit": "GFLOP/s",
                      "baseline": "matmul peak", "baseline_value": peak / 1e9,
                      "ratio": loop_flops / peak})
-        for devices, (holder, compile_s) in ours.items():
-            t_ours = times[devices]
+        for variant, (holder, compile_s) in ours.items():
+            devices, party_chunk = variant
+            t_ours = times[variant]
             updates = float(holder["m"]["updates"])  # of the last timed round
             params = {"K": k, "local_steps": local_steps, "batch": 64, "net": "256-256",
-                      "devices": devices, "compile_s": round(compile_s, 2),
+                      "devices": devices, "party_chunk": party_chunk,
+                      "compile_s": round(compile_s, 2),
                       "loop_compile_s": round(loop_compile_s, 2)}
+            if party_chunk == 0 and chunk:
+                rows.append({"name": "fed_dqn_party_chunk", "params": params,
+                             "value": env_steps / times[(devices, chunk)],
+                             "unit": "env steps/s",
+                             "baseline": "all parties at once (party_chunk=0)",
+                             "baseline_value": env_steps / t_ours,
+                             "ratio": t_ours / times[(devices, chunk)]})
             for name, baseline in env_step_baselines:
                 rows.append({"name": "fed_dqn_env_steps", "params": params,
                              "value": env_steps / t_ours, "unit": "env steps/s",

@@ -87,12 +87,14 @@ def test_vmapped_training_equals_per_party_loop():
         assert int(vmapped.updates[i]) == int(single.updates) > 0
 
 
-@pytest.mark.parametrize("budgets,gating", [(None, "switch"), ((120, 70, 0), "switch"),
-                                            ((120, 70, 0), "mask")])
-def test_train_parties_equals_vmapped_training(budgets, gating):
+@pytest.mark.parametrize("budgets,gating,chunk", [
+    (None, "switch", 0), ((120, 70, 0), "switch", 0), ((120, 70, 0), "mask", 0),
+    ((120, 70, 0), "switch", 2), (None, "switch", 1)])
+def test_train_parties_equals_vmapped_training(budgets, gating, chunk):
     """The cohort trainer (scan over steps of a vmap over agents, update decided once per step
     for all) matches vmap of the single-agent training, also with unequal budgets, where its
-    masked-update branch runs (and one agent sits the whole run out)."""
+    masked-update branch runs (and one agent sits the whole run out), and when it trains the
+    agents in groups (``chunk``: two groups and a rest of one; three groups of one)."""
     dqn = make_dqn(SMALL, toy_env.NUM_CONTEXTS)
     env_params = toy_env.stacked_params(3)
     keys = jax.random.split(jax.random.key(2), 3)
@@ -101,7 +103,8 @@ def test_train_parties_equals_vmapped_training(budgets, gating):
     expected, exp_summary = jax.jit(jax.vmap(
         lambda s, p, k, n: dqn.train(toy_env.ENV, s, p, k, 120, n)))(states, env_params, keys, b)
     got, summary = jax.jit(lambda s, p, k: dqn.train_parties(
-        toy_env.ENV, s, p, k, 120, None if budgets is None else b, gating=gating))(
+        toy_env.ENV, s, p, k, 120, None if budgets is None else b, gating=gating,
+        chunk=chunk))(
             states, env_params, keys)
     jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-6),
                  (got.params, got.target_params, got.opt_state),
@@ -115,6 +118,16 @@ def test_train_parties_equals_vmapped_training(budgets, gating):
     assert int(got.updates[0]) > 0
     if budgets is not None:  # an agent with budget 0 has not moved at all
         jax.tree.map(lambda a, e: np.testing.assert_array_equal(a[2], e[2]), got, states)
+
+
+@pytest.mark.parametrize("chunk", [-1, 1.5, True])
+def test_train_parties_refuses_a_bad_chunk(chunk):
+    dqn = make_dqn(SMALL, toy_env.NUM_CONTEXTS)
+    env_params = toy_env.stacked_params(2)
+    keys = jax.random.split(jax.random.key(5), 2)
+    states = jax.vmap(lambda k, p: dqn.init_state(k, toy_env.ENV, p))(keys, env_params)
+    with pytest.raises(ConfigError, match="chunk must be an integer >= 0"):
+        dqn.train_parties(toy_env.ENV, states, env_params, keys, 3, chunk=chunk)
 
 
 @pytest.mark.parametrize("gating", ["switch", "mask"])

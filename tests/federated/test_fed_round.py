@@ -64,6 +64,21 @@ def test_single_party_fedavg_global_equals_trained_local_weights():
     assert int(metrics["updates"]) > 0
 
 
+def test_party_groups_give_the_same_round():
+    """fed.party_chunk trains the cohort in groups (here two and a rest of one, with unequal
+    budgets): the same round as training all parties at once."""
+    states = []
+    for chunk in (0, 2):
+        _, rnd = _round(num_parties=3, min_local_fraction=0.5, party_chunk=chunk)
+        state, _ = rnd.step(rnd.init(jax.random.key(0)), jax.random.key(5))
+        states.append(state)
+    chex.assert_trees_all_close(states[1].global_params, states[0].global_params,
+                                rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(states[1].parties.params, states[0].parties.params,
+                                rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(states[1].parties.updates, states[0].parties.updates)
+
+
 def test_round_global_update_is_weighted_mean_of_party_deltas():
     _, rnd = _round(num_parties=3, min_local_fraction=0.5)
     state = rnd.init(jax.random.key(0))
@@ -145,7 +160,8 @@ def test_round_is_deterministic_and_compiles_once():
     ({"num_rounds": 0}, "fed.num_rounds"), ({"sampling_rate": -0.1}, "fed.sampling_rate"),
     ({"dropout_rate": 1.0}, "fed.dropout_rate"), ({"clients_per_round": 9}, "clients_per_round"),
     ({"aggregation": "fedprox"}, "fed.aggregation"), ({"devices": -1}, "fed.devices"),
-    ({"devices": 64}, "fed.devices=64 but only"), ({"update_gating": "cond"}, "update_gating")])
+    ({"devices": 64}, "fed.devices=64 but only"), ({"update_gating": "cond"}, "update_gating"),
+    ({"party_chunk": -1}, "fed.party_chunk"), ({"party_chunk": 2.0}, "fed.party_chunk")])
 def test_round_config_errors(change, match):
     dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
     cfg = dataclasses.replace(FederatedConfig(), **change)
