@@ -16,7 +16,8 @@ ratio > 1 always means "ours is better"). Cases live in ``scripts/bench_cases/``
 discovered automatically. JSON layout::
 
     {"device": ..., "cases": [{"name", "params", "value", "unit",
-                               "baseline", "baseline_value", "ratio"}, ...]}
+                               "baseline", "baseline_value", "ratio"}, ...],
+     "argv": [...], "xla_flags": ..., "wall_s": ..., "provenance": {versions, git_commit, device}}
 """
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown case(s) {unknown}; available: {sorted(cases)}")
 
     rows: list[dict] = []
+    started = time.perf_counter()
     for name in names:
         start = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -124,8 +126,12 @@ def main(argv=None) -> int:
     print(f"device: {device_description()}")
     print(format_table(rows))
     if args.json:
-        from fedrl.results import atomic_write_json
-        atomic_write_json(args.json, {"device": device_description(), "cases": rows})
+        from fedrl.results import atomic_write_json, provenance
+        atomic_write_json(args.json, {
+            "device": device_description(), "cases": rows,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "wall_s": round(time.perf_counter() - started, 1), "provenance": provenance()})
     return 0
 
 
