@@ -13,6 +13,11 @@ and writes into DIR:
 * ``table.md``: the table a paper would print;
 * PNG plots written by the experiment through ``ctx.out_dir``.
 
+``--compile-cache DIR`` keeps XLA's compiled programs in DIR (JAX's persistent compilation
+cache; ``JAX_COMPILATION_CACHE_DIR`` does the same): a rerun, a ``--resume`` or another experiment
+with the same programs loads them instead of compiling again. ``results.json`` records the
+folder in use (``compile_cache``).
+
 Every file is written atomically. Long experiments call ``ctx.done(method)`` /
 ``ctx.finish(method, metrics)`` around each method and ``ctx.save_checkpoint`` each round, so
 ``--resume`` skips finished methods and restarts unfinished ones from their last checkpoint.
@@ -154,7 +159,32 @@ def parse_args(experiment: Experiment, argv: list[str] | None) -> argparse.Names
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out from its checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_compile_cache_flag(parser)
     return parser.parse_args(argv)
+
+
+def add_compile_cache_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile-cache", default=None, metavar="DIR",
+                        help="keep compiled programs in DIR and reuse them in later runs "
+                             "(JAX's persistent compilation cache)")
+
+
+def use_compile_cache(path: str | Path | None) -> str | None:
+    """Turn on JAX's persistent compilation cache in ``path`` (created if missing; None: leave
+    JAX's setting, e.g. ``JAX_COMPILATION_CACHE_DIR``, as it is). Call before anything
+    compiles. Returns the cache folder in use, or None. Entries are keyed by the program, the
+    compile options and the jax/jaxlib versions, so a stale entry is never used; programs that
+    compile in under a second are not stored (``jax_persistent_cache_min_compile_time_secs``)."""
+    import jax
+    if path is not None:
+        folder = Path(path).expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"--compile-cache {path}: cannot create the folder ({err})") \
+                from None
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+    return jax.config.jax_compilation_cache_dir or None
 
 
 def execute(experiment: Experiment, preset: str, out: str | Path, seed: int, *,
@@ -172,6 +202,7 @@ def execute(experiment: Experiment, preset: str, out: str | Path, seed: int, *,
         "seed": seed,
         "config": to_dict(config),
         **provenance(),
+        "compile_cache": use_compile_cache(None),
         "wall_time_s": wall,
         "compile_time_s": report.compile_time_s,
         "methods": report.methods,
@@ -186,6 +217,7 @@ def main(experiment: Experiment, argv: list[str] | None = None) -> int:
     args = parse_args(experiment, argv)
     overrides = list(args.overrides) + ([f"data_dir={args.data}"] if args.data else [])
     try:
+        use_compile_cache(args.compile_cache)
         results = execute(experiment, args.preset, args.out, args.seed,
                           overrides=overrides, resume=args.resume,
                           progress=not args.no_progress)

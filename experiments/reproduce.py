@@ -1,6 +1,7 @@
 """Run every experiment at one preset and print their tables.
 
     python -m experiments.reproduce --preset quick --out results/ [--seed N] [--only a,b] [--resume]
+                                    [--compile-cache DIR]
 
 Each experiment writes into ``OUT/<name>/``; a summary of all tables goes to ``OUT/tables.md``.
 """
@@ -12,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.common import USER_ERRORS, execute
+from experiments.common import USER_ERRORS, add_compile_cache_flag, execute, use_compile_cache
 from fedrl.results import atomic_write_text
 
 # In the order a reader meets them in the README.
@@ -27,12 +28,18 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated experiment names")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    add_compile_cache_flag(parser)
     args = parser.parse_args(argv)
     names = EXPERIMENTS if args.only is None else tuple(args.only.split(","))
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"unknown experiment(s) {unknown}; available: {list(EXPERIMENTS)}")
 
+    try:
+        use_compile_cache(args.compile_cache)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     tables = []
     for name in names:

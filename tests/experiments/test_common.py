@@ -136,3 +136,42 @@ def test_malformed_data_is_one_line_and_exit_2(tmp_path, capsys):
     bad = Experiment(name="toy", presets={"smoke": ToyConfig}, run=bad_data)
     assert main(bad, ["--preset", "smoke", "--out", str(tmp_path / "o")]) == 2
     assert f"error: {tmp_path / 'order_x'}:5: non-numeric field" in capsys.readouterr().err
+
+
+def test_compile_cache_is_reused_across_runs(tmp_path):
+    """--compile-cache: the first run stores its programs, a second run (another --out) finds
+    all of them (no new entry: a miss would store one) and gives the same results; both record
+    the folder. Run as subprocesses: JAX's cache is set once per process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    cache = tmp_path / "cache"
+    root = Path(__file__).resolve().parents[2]
+
+    def run(out):
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.dispatch", "--preset", "smoke", "--out",
+             str(tmp_path / out), "--compile-cache", str(cache), "--no-progress"],
+            capture_output=True, text=True, cwd=root, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / out / "results.json").read_text())
+
+    first = run("a")
+    stored = sorted(p.name for p in cache.iterdir())
+    assert stored, "nothing was stored in the compilation cache"
+    second = run("b")
+    assert sorted(p.name for p in cache.iterdir()) == stored
+    assert first["compile_cache"] == second["compile_cache"] == str(cache)
+
+    def outcomes(results):   # every metric but the timings
+        return {m: {k: v for k, v in r.items() if "time" not in k and not k.endswith("_s")
+                    and "us_per" not in k} for m, r in results["methods"].items()}
+    assert outcomes(first) == outcomes(second)
+
+
+def test_an_uncreatable_compile_cache_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(TOY, ["--preset", "smoke", "--out", str(tmp_path / "o"),
+                      "--compile-cache", str(blocker / "sub")]) == 2
+    assert "--compile-cache" in capsys.readouterr().err
