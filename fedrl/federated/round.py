@@ -549,7 +549,15 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                                       state.global_params, state.history)
                 start = _take(models, jnp.asarray(staleness)[idx])
             if mask is not None:   # FedPer: the broadcast replaces the body, not the head
-                start = personalization.merge(mask, selected.params, start)
+                # A party whose personal head went non-finite (its Q-values diverged) takes
+                # the server's copy of the head (the initial head) instead: with a NaN head
+                # every later update would be NaN and the party excluded for good. A finite
+                # head is kept bit for bit [reconstructed: FedPer does not say].
+                head_ok = finite_updates(jax.tree.map(
+                    lambda m, p: p if m else jnp.zeros(p.shape[:1], p.dtype), mask,
+                    selected.params))
+                start = jax.tree.map(lambda m, p, g: tree_select(head_ok, p, g) if m else g,
+                                     mask, selected.params, start)
             selected = selected.replace(params=start)
             if cfg.sync_target_each_round:
                 selected = selected.replace(target_params=start)

@@ -86,6 +86,33 @@ def test_a_diverged_party_recovers_at_the_next_broadcast(fed):
         jax.tree.map(np.testing.assert_array_equal, new.global_params, clean.global_params)
 
 
+def test_a_fedper_party_with_a_diverged_head_restarts_it_from_the_servers_copy():
+    """FedPer: a party whose personal head (and so its Adam moments) went non-finite takes the
+    server's copy of the head at the broadcast and sends a finite update; the other parties'
+    round is unchanged bit for bit. Before, its NaN head made every update NaN (excluded)."""
+    from fedrl.federated import personalization
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(num_rounds=2, local_steps=30, personal_layers=1)
+    rnd = make_federated_round(dqn, toy_env.ENV, _toy_params([1.0, 1.0, 2.0]), cfg)
+    state = rnd.init(jax.random.key(0))
+    mask = personalization.personal_mask(state.global_params, 1)
+    head = lambda tree: jax.tree.map(lambda m, x: x.at[1].set(jnp.nan) if m else x, mask, tree)
+    opt_nan = jax.tree.map(
+        lambda x: x.at[1].set(jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        state.parties.opt_state)
+    parties = state.parties.replace(params=head(state.parties.params), opt_state=opt_nan)
+    clean, _ = rnd.step(jax.tree.map(jnp.copy, state), jax.random.key(1))
+    new, metrics = rnd.step(state.replace(parties=parties), jax.random.key(1))
+    assert int(metrics["nonfinite_updates"]) == 0 and int(metrics["participants"]) == 3
+    for leaf in jax.tree.leaves((new.global_params, new.parties.params)):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    healthy = lambda t: jax.tree.map(lambda x: x[::2], t)
+    jax.tree.map(np.testing.assert_array_equal, healthy(new.parties), healthy(clean.parties))
+    # all parties start from the same initial head in round 0, so even party 1's round equals
+    # the clean one: the server's copy is that initial head
+    jax.tree.map(np.testing.assert_array_equal, new.parties.params, clean.parties.params)
+
+
 def test_local_step_caps_and_validation():
     cfg = FederatedConfig(local_steps=30, party_speeds=(1.0, 0.5, 0.03, 2.0), round_deadline=0.8)
     np.testing.assert_array_equal(local_step_caps(cfg, 4), [24, 12, 0, 30])
