@@ -310,16 +310,14 @@ class DQN(NamedTuple):
             raise ConfigError(f"chunk must be an integer >= 0 (0 = all agents at once), "
                               f"got {chunk!r}")
         num_agents = keys.shape[0]
+        budgets = (jnp.full((num_agents,), num_steps, jnp.int32) if budgets is None
+                   else jnp.asarray(budgets, jnp.int32))
         if 0 < chunk < num_agents:
             def group(args):
                 group_states, group_env, group_keys, group_budgets = args
                 return self.train_parties(env, group_states, group_env, group_keys, num_steps,
                                           group_budgets, gating=gating)
-            budgets = (jnp.full((num_agents,), num_steps, jnp.int32) if budgets is None
-                       else jnp.asarray(budgets, jnp.int32))
             return in_groups(group, chunk, (states, env_params, keys, budgets))
-        budgets = (jnp.full((num_agents,), num_steps, jnp.int32) if budgets is None
-                   else jnp.asarray(budgets, jnp.int32))
         collect = jax.vmap(lambda s, p, ka, ke, a: self.collect(env, s, p, ka, ke, a))
         update = jax.vmap(self.update)
 

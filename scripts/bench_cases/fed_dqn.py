@@ -42,8 +42,8 @@ from bench_cases.timing import compiled_round, interleaved_medians
 
 NAME = "fed_dqn"
 ENV = EnvFns(reset=hospital.reset, step=hospital.step)
-# Parties trained together per device on CPU (2-16 measured alike at K=64 on 2 devices, 1.4x
-# the all-at-once round); 0 (all at once) on an accelerator.
+# Parties trained together per device on CPU (2-16 measured alike at K=64 on 2 devices,
+# 1.3-1.4x the all-at-once round); 0 (all at once) on an accelerator.
 CPU_PARTY_CHUNK = 8
 
 
