@@ -139,9 +139,11 @@ def test_malformed_data_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_compile_cache_is_reused_across_runs(tmp_path):
-    """--compile-cache: the first run stores its programs, a second run (another --out) finds
-    all of them (no new entry: a miss would store one) and gives the same results; both record
-    the folder. Run as subprocesses: JAX's cache is set once per process."""
+    """--compile-cache: the first run stores its programs; a second run (another --out) loads
+    every one of them (JAX logs each hit with its key under JAX_LOG_COMPILES), stores nothing
+    new and gives the same results; both record the folder. Run as subprocesses: JAX's cache
+    is set once per process."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -152,14 +154,19 @@ def test_compile_cache_is_reused_across_runs(tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "experiments.dispatch", "--preset", "smoke", "--out",
              str(tmp_path / out), "--compile-cache", str(cache), "--no-progress"],
-            capture_output=True, text=True, cwd=root, timeout=600)
+            capture_output=True, text=True, cwd=root, timeout=600,
+            env={**os.environ, "JAX_LOG_COMPILES": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads((tmp_path / out / "results.json").read_text())
+        return json.loads((tmp_path / out / "results.json").read_text()), proc.stderr
 
-    first = run("a")
+    first, _ = run("a")
     stored = sorted(p.name for p in cache.iterdir())
     assert stored, "nothing was stored in the compilation cache"
-    second = run("b")
+    second, log = run("b")
+    for entry in stored:   # files are named <key>-cache
+        key = entry.removesuffix("-cache")
+        assert f"Persistent compilation cache hit for '{key.split('-')[0]}' with key '{key}'" \
+            in log, entry
     assert sorted(p.name for p in cache.iterdir()) == stored
     assert first["compile_cache"] == second["compile_cache"] == str(cache)
 
