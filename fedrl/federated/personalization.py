@@ -66,6 +66,13 @@ def shared_leaves(tree: PyTree, mask: PyTree) -> list:
             if not personal]
 
 
+def personal_leaves(tree: PyTree, mask: PyTree) -> list:
+    """The leaves of ``tree`` where ``mask`` is True (the personal head), as a list; the
+    complement of :func:`shared_leaves`."""
+    return [leaf for leaf, personal in zip(jax.tree.leaves(tree), jax.tree.leaves(mask))
+            if personal]
+
+
 def merge(mask: PyTree, personal: PyTree, shared: PyTree) -> PyTree:
     """Leaf by leaf: ``personal``'s where the mask is True, ``shared``'s elsewhere (static)."""
     return jax.tree.map(lambda m, p, s: p if m else s, mask, personal, shared)

@@ -553,9 +553,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                 # the server's copy of the head (the initial head) instead: with a NaN head
                 # every later update would be NaN and the party excluded for good. A finite
                 # head is kept bit for bit [reconstructed: FedPer does not say].
-                head_ok = finite_updates(jax.tree.map(
-                    lambda m, p: p if m else jnp.zeros(p.shape[:1], p.dtype), mask,
-                    selected.params))
+                head_ok = finite_updates(personalization.personal_leaves(selected.params, mask))
                 start = jax.tree.map(lambda m, p, g: tree_select(head_ok, p, g) if m else g,
                                      mask, selected.params, start)
             selected = selected.replace(params=start)

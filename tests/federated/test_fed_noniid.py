@@ -42,6 +42,11 @@ def test_personal_mask_uplink_and_config_errors():
     # body 4x8+8 = 40 shared parameters; the two head layers (72 + 36) are never sent
     assert personalization.num_shared_params(params, 2) == 40
     assert personalization.num_shared_params(params, 0) == 40 + 72 + 36
+    # the head's leaves and the body's partition the parameters (72 + 36 and 40 of them)
+    head = personalization.personal_leaves(params, mask)
+    body = personalization.shared_leaves(params, mask)
+    assert sum(x.size for x in head) == 72 + 36 and sum(x.size for x in body) == 40
+    assert len(head) + len(body) == len(jax.tree.leaves(params))
     assert uplink_bytes_per_party(AggregatorConfig(), 40) == 4 * 41
     assert uplink_bytes_per_party(AggregatorConfig(), 40, num_clusters=3) == 4 * 41 + 4
     with pytest.raises(ConfigError, match=r"fed.personal_layers must be an integer in \[0, 2\]"):

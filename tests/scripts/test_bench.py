@@ -1,6 +1,7 @@
 """scripts/bench.py: every case discovered, the JSON layout all cases share (with provenance),
 ratios oriented so that > 1 means "ours is better", and clear errors for bad arguments. The
 benchmarks' figures themselves are not asserted (speed targets live in the benchmarks)."""
+import functools
 import importlib.util
 import json
 import subprocess
@@ -19,6 +20,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+@functools.cache
 def _module():
     spec = importlib.util.spec_from_file_location("fedrl_bench_script", BENCH)
     module = importlib.util.module_from_spec(spec)
