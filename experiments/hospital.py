@@ -564,7 +564,9 @@ def run(cfg: HospitalExperimentConfig, seed: int, ctx: RunContext) -> Report:
                                 shared_model=shared)
             result["per_hospital"][label] = hosp
             result["methods"][label] = {"kind": "dqn", **mean_metrics(hosp), **uplink,
-                                        "privacy": privacy if method == "fedavg" else None,
+                                        # the (eps, delta) covers the released global
+                                        # models, not a hospital's own fine-tuned model
+                                        "privacy": privacy if label == "fedavg" else None,
                                         "train_time_s": timing["train_s"],
                                         "compile_time_s": timing["compile_s"],
                                         "devices": timing["devices"]}
@@ -710,7 +712,9 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
         text.append(f"Differential privacy of `fedavg`: ({record['epsilon']:.3f}, "
                     f"{record['delta']:g})-DP at the client level after {record['rounds']} rounds "
                     f"({record['accountant'].upper()} accountant; q={record['sampling_rate']:g}, "
-                    f"z={record['noise_multiplier']:g}, C={record['clip_norm']:g}).\n")
+                    f"z={record['noise_multiplier']:g}, C={record['clip_norm']:g}); it covers "
+                    "the released global models, not `fedavg_personalized`'s per-hospital "
+                    "models fine-tuned on each hospital's own data.\n")
     if "local" in per_hospital and "fedavg" in per_hospital:
         hrows = []
         for h in range(cfg.num_hospitals):

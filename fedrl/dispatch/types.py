@@ -157,6 +157,13 @@ class SimConfig:
                     and all(_is_int(v) and v >= 1 for v in c) for c in self.size_classes),
                 f"sim.size_classes must be a tuple of (rows, columns) integer pairs >= 1, e.g. "
                 f"((8, 24), (16, 48)), got {self.size_classes!r}")
+        sizes = self.matrix_sizes
+        # platforms that share a class (Fed-LTD's vmapped step 1) solve on the largest class
+        # any of them needs: a class with fewer columns than an earlier one would drop edges
+        require(all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(sizes, sizes[1:])),
+                f"sim.size_classes must be nested: sorted by rows, each (rows, columns) class "
+                f"at least as large as the one before in both, ending with (max_rows, "
+                f"max_columns); got the classes {sizes}")
         require(isinstance(self.candidate_classes, (tuple, list))
                 and all(_is_int(c) and c >= 1 for c in self.candidate_classes),
                 f"sim.candidate_classes must be a tuple of integers >= 1, e.g. (8, 16), got "

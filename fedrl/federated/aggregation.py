@@ -410,7 +410,13 @@ def fixed_denominator_mean(expected_clients: float) -> AggregationTransform:
     return chain(sum_updates(), scale_by(1.0 / expected_clients))
 
 
-def secure_sum(fp: FixedPoint, use_self_masks: bool = False) -> AggregationTransform:
+def require_min_participants(value, name: str = "min_participants") -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"{name} must be an integer >= 1, got {value!r}")
+
+
+def secure_sum(fp: FixedPoint, use_self_masks: bool = False,
+               min_participants: int = 2) -> AggregationTransform:
     """Sum of the participating clients' updates through mask-based secure aggregation.
 
     Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
@@ -421,20 +427,31 @@ def secure_sum(fp: FixedPoint, use_self_masks: bool = False) -> AggregationTrans
     cohort size could wrap the ring. Clients dropping *after* masking are handled by the
     host-side protocol :func:`fedrl.privacy.secure_aggregation.secure_aggregate`; here the
     mask marks the parties that took part in the masking.
+
+    With fewer than ``min_participants`` parties in the mask the server aborts and the sum is
+    zero (nothing decoded): a lone party has no pairwise mask, so its masked vector would be
+    its update in the clear (Bonawitz et al.'s threshold t; the host-side protocol asks
+    t > K/2). The default 2 is the least that hides every individual update from the server
+    [reconstructed: the paper's t serves dropout recovery, which this reduction does not
+    simulate]; 1 turns the guard off.
     """
     fp.validate()
+    require_min_participants(min_participants)
 
     def fn(cohort: Cohort, key):
         flat, unravel = _ravel_clients(cohort.updates)
         q = _encode_clients(jax.random.fold_in(key, 0), flat, fp)
+        active = cohort.mask > 0
         total = secure_aggregation.masked_ring_sum(
-            jax.random.fold_in(key, 1), q, cohort.mask > 0, fp, use_self_masks)
+            jax.random.fold_in(key, 1), q, active, fp, use_self_masks)
+        total = jnp.where(jnp.sum(active) >= min_participants, total, jnp.zeros_like(total))
         return unravel(quantization.decode(total, fp))
     return stateless(fn)
 
 
 def secure_mean(fp: FixedPoint, weight_cap: float | None = None,
-                use_self_masks: bool = False) -> AggregationTransform:
+                use_self_masks: bool = False, min_participants: int = 2
+                ) -> AggregationTransform:
     """Weighted mean through secure aggregation (FedAvg under Bonawitz et al. 2017).
 
     The server must not see individual weights either, so each client sends
@@ -443,10 +460,11 @@ def secure_mean(fp: FixedPoint, weight_cap: float | None = None,
     fp.value_bound, and the server divides the first part by the last coordinate / B.
     Equals :func:`weighted_mean` up to quantization when all weights are <= weight_cap.
     Coordinates beyond +-fp.value_bound are clipped by the encoding: choose it accordingly.
+    Below ``min_participants`` the sum aborts (see :func:`secure_sum`) and the mean is zero.
     """
     if weight_cap is not None:
         require_positive("weight_cap", weight_cap)
-    reduce = secure_sum(fp, use_self_masks)
+    reduce = secure_sum(fp, use_self_masks, min_participants)
 
     def fn(cohort: Cohort, key):
         w = (jnp.ones_like(cohort.weights) if weight_cap is None
@@ -502,14 +520,16 @@ def dp_fedavg(clip_norm: float, noise_multiplier: float,
 
 
 def secure_fedavg(fp: FixedPoint, weight_cap: float | None = None,
-                  use_self_masks: bool = False) -> AggregationTransform:
+                  use_self_masks: bool = False, min_participants: int = 2
+                  ) -> AggregationTransform:
     """FedAvg whose weighted mean goes through secure aggregation (see :func:`secure_mean`)."""
-    return chain(secure_mean(fp, weight_cap, use_self_masks))
+    return chain(secure_mean(fp, weight_cap, use_self_masks, min_participants))
 
 
 def dp_secure_fedavg(clip_norm: float, noise_multiplier: float, expected_clients: float,
                      scale: float | None = None, bits: int = 32,
-                     use_self_masks: bool = False) -> AggregationTransform:
+                     use_self_masks: bool = False, min_participants: int = 2
+                     ) -> AggregationTransform:
     """DP-FedAvg over secure aggregation: the server adds the central noise to the unmasked sum.
 
     Same chain as :func:`dp_fedavg` with :func:`secure_sum` in place of the plain sum (so with
@@ -521,12 +541,14 @@ def dp_secure_fedavg(clip_norm: float, noise_multiplier: float, expected_clients
     (rounding can add up to sqrt(D)/scale): the noise z*C then gives exactly the accounted
     epsilon (for D = 70405 and the default scale, C' = 0.996 C). Distributed noise (each
     client adding discrete Gaussian noise, Kairouz et al. 2021) would remove the trust in the
-    server's noise; not implemented.
+    server's noise; not implemented. Below ``min_participants`` the secure sum aborts (zero)
+    and the server still adds its noise: the release happens in every round.
     """
     require_positive("clip_norm", clip_norm)
     require_positive("noise_multiplier", noise_multiplier, allow_zero=True)
     require_positive("expected_clients", expected_clients)
     fp = FixedPoint(scale=2.0 ** 16 / clip_norm if scale is None else scale, bits=bits,
                     value_bound=clip_norm)
-    return chain(clip_updates_for_quantization(clip_norm, fp), secure_sum(fp, use_self_masks),
+    return chain(clip_updates_for_quantization(clip_norm, fp),
+                 secure_sum(fp, use_self_masks, min_participants),
                  gaussian_noise(noise_multiplier * clip_norm), scale_by(1.0 / expected_clients))

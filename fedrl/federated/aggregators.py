@@ -47,6 +47,7 @@ class AggregatorConfig:
     accountant: Literal["pld", "rdp"] = "pld"
     secure_value_bound: float = 4.0    # secure (no DP): fixed-point range of an update coordinate
     self_masks: bool = False           # secure: Bonawitz's double masking
+    secure_min_participants: int = 2   # secure: abort (no update) below this many participants
 
     def validate(self) -> None:
         require(self.kind in KINDS, f"aggregator.kind must be one of {KINDS}, got {self.kind!r}")
@@ -58,6 +59,8 @@ class AggregatorConfig:
                 f"aggregator.accountant must be 'pld' or 'rdp', got {self.accountant!r}")
         require_positive("aggregator.secure_value_bound", self.secure_value_bound)
         aggregation.require_quantize_bits(self.quantize_bits, "aggregator.quantize_bits")
+        aggregation.require_min_participants(self.secure_min_participants,
+                                             "aggregator.secure_min_participants")
 
     @property
     def is_dp(self) -> bool:
@@ -94,7 +97,8 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
         # Weights are local transition counts (at most local_steps): capped weights keep the
         # individual weights hidden and equal FedAvg's weighting below the cap.
         return aggregation.secure_fedavg(fp, weight_cap=float(fed.local_steps),
-                                         use_self_masks=cfg.self_masks), None
+                                         use_self_masks=cfg.self_masks,
+                                         min_participants=cfg.secure_min_participants), None
     require(fed.sampling == "poisson",
             "DP aggregation needs fed.sampling='poisson': the accountant models Poisson client "
             "sampling (fixed-size cohorts would under-report epsilon)")
@@ -105,7 +109,8 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
     if cfg.kind == "dp":
         return aggregation.dp_fedavg(cfg.clip_norm, cfg.noise_multiplier, expected), record
     return aggregation.dp_secure_fedavg(cfg.clip_norm, cfg.noise_multiplier, expected,
-                                        use_self_masks=cfg.self_masks), record
+                                        use_self_masks=cfg.self_masks,
+                                        min_participants=cfg.secure_min_participants), record
 
 
 def uplink_bytes_per_party(cfg: AggregatorConfig, num_params: int, num_clusters: int = 1

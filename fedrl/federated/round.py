@@ -525,6 +525,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
 
         # 2. Broadcast the global weights to the selected parties.
         selected = _take(state.parties, idx)
+        before = selected          # what a party that Poisson sampling leaves out keeps
         metrics_extra = {}
         if federated:
             if clustered:
@@ -587,7 +588,9 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         inputs = (selected, _take(env_params, idx), party_keys, budget)
         # (padding copies the buffers: static, only when there is padding)
         trained, summary = unpad_leading(local_training(*pad_leading(inputs, padded)), cohort)
-        trained = tree_select(sampled, trained, selected)  # unsampled: as if they sat it out
+        # Unsampled parties sit the round out: they keep their own weights, target, optimizer,
+        # environment and buffer from before the broadcast (as a party outside a fixed cohort)
+        trained = tree_select(sampled, trained, before)
         summary = jax.tree.map(lambda x: jnp.where(sampled, x, 0), summary)
 
         # 4-5. Updates relative to the broadcast weights, dropouts, aggregation, server step.

@@ -23,11 +23,12 @@ information; only what a platform would send crosses to the server.
 
 Reconstructed choices are fields of :class:`fedrl.fedltd.config.FedLTDConfig`; besides those:
 
-* a driver matched across platforms is taught "I stayed idle": local TD(0) runs inside step 1
-  (:func:`dispatch_batch`), before step 3, so every locally unmatched idle driver gets the idle
-  update ``V(loc) += alpha (gamma V(loc) - V(loc))``, including those the server then
-  dispatches in the same batch; :func:`execute_decisions` makes no TD update, so neither his
-  platform nor the order's learns from the served cross-platform trip. His platform learns
+* a driver matched across platforms learns nothing from the trip: local TD(0) runs inside
+  step 1 (:func:`dispatch_batch`), before step 3, and updates the drivers that were candidates
+  of some local order (the idle update ``V(loc) += alpha (gamma V(loc) - V(loc))`` for those
+  left unmatched, including any the server then dispatches; a driver no local order could
+  reach gets no update); :func:`execute_decisions` makes no TD update,
+  so neither his platform nor the order's learns from the served cross-platform trip. His platform learns
   the order's pick-up point and, when the trip ends, its destination (where he reappears),
   not its fare;
 * LSH parameters are drawn once per day from a key the server does not know; the code hash
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedrl.config import ConfigError
+from fedrl.config import ConfigError, require
 from fedrl.dispatch import dispatchers
 from fedrl.dispatch.schedule import DayData
 from fedrl.dispatch.simulator import (close_batch, dispatch_batch, dispatch_drivers,
@@ -199,7 +200,8 @@ class FedLTDState:
 
 @struct.dataclass
 class FedLTDLog:
-    local: BatchLog          # [K]
+    local: BatchLog          # [K]; its revenue includes step 3's fares (cross.revenue again),
+    #                          its matched counts local pairs only: do not add the two
     cross: CrossLog
     aggregated: jnp.ndarray  # bool: the models were aggregated in this batch
     max_releases: jnp.ndarray  # i32: most releases of one order's weight so far (pending
@@ -648,15 +650,34 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
 # ------------------------------------------------------------------------------ the day
 
 
+def check_protocol(cfg: SimConfig, fcfg: FedLTDConfig, num_platforms: int) -> None:
+    """ConfigError for a bad protocol setting (at trace time: both configs are static).
+
+    Besides ``fcfg.validate``: ``decline_unprofitable`` with orders that wait several batches
+    (``sim.patience="exponential"``) and day-long location codes is refused. A declined order
+    is sent again next batch with the same codes, so the server would see which proposed pair
+    was declined: a noise-free bit about the true weight that ``max_releases x eps_p`` does
+    not count (review finding, session 11). Re-keying the codes per batch
+    (``lsh.rekey_codes_per_batch``) or one-batch patience removes the link.
+    """
+    fcfg.validate(num_platforms)
+    require(not (fcfg.decline_unprofitable and cfg.patience != "one_batch"
+                 and not fcfg.lsh.rekey_codes_per_batch),
+            "fedltd.decline_unprofitable with sim.patience='exponential' leaks a noise-free bit "
+            "of the true order weight (a declined order is re-sent with the same location "
+            "codes); set fedltd.lsh.rekey_codes_per_batch=True or sim.patience='one_batch'")
+
+
 def init_fedltd(days: DayData, values, key, cfg: SimConfig, fcfg: FedLTDConfig,
                 knobs: Knobs | None = None, train_orders=None) -> FedLTDState:
     """Fresh platforms ([K] stacked days and value tables) and the day's LSH parameters.
     ``train_orders`` [K]: orders each value table was pretrained on (default: equal)."""
+    K = values.shape[0]
+    check_protocol(cfg, fcfg, K)
     knobs = Knobs.of(fcfg) if knobs is None else knobs
     sim = jax.vmap(lambda d, v: init_state(d, cfg, v))(days, values)
     lsh = encoding.lsh_params(jax.random.fold_in(key, 0), fcfg.lsh, knobs.bucket_width_m)
     codes = jax.vmap(lambda d: init_codes(d, lsh, fcfg))(sim.drivers)
-    K = values.shape[0]
     train = (jnp.ones((K,), jnp.float32) if train_orders is None
              else jnp.asarray(train_orders, jnp.float32).reshape(K))
     return FedLTDState(sim=sim, lsh=lsh, knobs=knobs, codes=codes,
@@ -690,8 +711,9 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     # platforms) and fold_in(., 2) (the server)
     key = jax.random.fold_in(jax.random.fold_in(protocol_key, 1), batch)
     k_model, k_decision = jax.random.split(key)
-    # the server's own stream, fold_in(., 2) per batch: its random tie-breaking (a key the
-    # platforms could derive too; it only orders equally good candidates)
+    # the server's stream, fold_in(., 2) per batch: its random tie-breaking. Simulation
+    # only: it derives from the protocol key the platforms hold (a deployment would give the
+    # server a key of its own); it only orders equally good candidates
     k_server = jax.random.fold_in(jax.random.fold_in(protocol_key, 2), batch)
 
     # step 2 at batch 0 (the pretrained tables), then every aggregation_period batches; one

@@ -212,9 +212,11 @@ def test_entry_points_validate_the_config(city_day):
     ("value_gap_s", "600"), ("td_online", "no"), ("measure_gap", 1),
     ("match_nonpositive", "yes"), ("value_fill_slot_mean", 0), ("k_nearest", True),
     ("pickup_road_factor", 0.8), ("value_cell_m", 1.0), ("size_classes", ((4, 24),)),
-    ("size_classes", ((16, 8),))])
+    ("size_classes", ((16, 8),)), ("size_classes", ((8, 40), (12, 24)))])
 def test_sim_config_errors_name_the_field(field, value):
-    """Finding 6 (the last two: the auction's class rule under vmap, rows in (4, columns])."""
+    """Finding 6 (((4, 24),) and ((16, 8),): the auction's class rule under vmap, rows in
+    (4, columns]); ((8, 40), (12, 24)): classes not nested, so a platform solved on the class
+    shared across the platform vmap would lose its columns 24..39 (session 11 review)."""
     with pytest.raises(ConfigError, match=field):
         dataclasses.replace(SimConfig(), **{field: value}).validate()
     if field == "size_classes" and value == ((4, 24),):

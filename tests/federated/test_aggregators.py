@@ -51,7 +51,9 @@ def test_dp_needs_poisson_sampling():
 
 @pytest.mark.parametrize("change,match", [({"kind": "fedprox"}, "aggregator.kind"),
                                           ({"noise_multiplier": 0.0}, "noise_multiplier"),
-                                          ({"delta": 1.0}, "aggregator.delta")])
+                                          ({"delta": 1.0}, "aggregator.delta"),
+                                          ({"secure_min_participants": 0},
+                                           "secure_min_participants")])
 def test_bad_aggregator_config(change, match):
     with pytest.raises(ConfigError, match=match):
         build_aggregator(dataclasses.replace(AggregatorConfig(), **change), 6, POISSON)

@@ -120,6 +120,28 @@ def test_poisson_round_leaves_unsampled_parties_where_they_were():
                      (before.env_state, before.buffer, before.updates))
 
 
+def test_poisson_unsampled_party_keeps_its_fine_tuned_model():
+    # A party that trained in round 1 and is left out of round 2 keeps its own online and
+    # target weights and Adam moments (fedavg_personalized evaluates them), not the broadcast
+    # global model (it used to take the broadcast: review finding, session 11).
+    _, rnd = _round(num_parties=6, sampling="poisson", sampling_rate=0.5)
+    state = rnd.init(jax.random.key(0))
+    state, _ = rnd.step(state, jax.random.key(4))
+    trained_1 = np.asarray(state.parties.steps) == 60
+    after_1 = jax.tree.map(np.array, state.parties)
+    new, _ = rnd.step(jax.tree.map(jnp.copy, state), jax.random.key(5))
+    left_out = trained_1 & (np.asarray(new.parties.steps) == 60)
+    assert left_out.any() and (np.asarray(new.parties.steps) > 60).any()
+    w = lambda tree, i: np.concatenate([np.ravel(x[i]) for x in jax.tree.leaves(tree)])
+    for i in np.flatnonzero(left_out):
+        for field in ("params", "target_params", "opt_state"):
+            np.testing.assert_array_equal(w(getattr(new.parties, field), i),
+                                          w(getattr(after_1, field), i))
+        # and that model is not the global one it would have received
+        assert not np.allclose(w(new.parties.params, i), w(
+            jax.tree.map(lambda g: g[None], state.global_params), 0))
+
+
 def test_local_only_keeps_parties_apart_and_global_fixed():
     # With target_update_every=0 ("round sync only"), which also checks that a local-only
     # party syncs its target to its own weights at each round start (it used to stay at its

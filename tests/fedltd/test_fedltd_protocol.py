@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
+from fedrl.config import ConfigError
 from fedrl.data.city import CityConfig
 from fedrl.dispatch.simulator import (advance_time, arrive_orders, now_of, run_day,
                                       run_platforms)
@@ -50,6 +51,33 @@ def test_no_sharing_equals_single_platform_exactly(market):
     state, log = protocol.run_fedltd(market.days, keys, pk, CFG, fed, market.values)
     assert _tree_equal(state.sim, single)
     assert float(jnp.sum(log.cross.matched)) == 0
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"weight_lower": -5.0}, "weight_lower"), ({"mix": 2.0}, "mix"),
+    ({"collision_bonus": float("inf")}, "collision_bonus"),
+    ({"server_tie_break": "rnd"}, "server_tie_break")])
+def test_run_fedltd_validates_its_config(market, change, match):
+    # run_fedltd used to trace any FedLTDConfig: "rnd" acted as "index", mix=2 extrapolated
+    # the tables (review finding, session 11); now ConfigError at trace time
+    keys, pk = _keys(3)
+    with pytest.raises(ConfigError, match=match):
+        jax.eval_shape(lambda d, v: protocol.run_fedltd(
+            d, keys, pk, CFG, dataclasses.replace(FED, **change), v), market.days, market.values)
+
+
+def test_decline_unprofitable_needs_fresh_codes_when_orders_wait(market):
+    # a declined order re-sent with the same codes tells the server its true weight was low
+    keys, pk = _keys(3)
+    waits = dataclasses.replace(CFG, patience="exponential")
+    leaky = dataclasses.replace(FED, decline_unprofitable=True)
+    run = lambda sim, fcfg: jax.eval_shape(lambda d, v: protocol.run_fedltd(
+        d, keys, pk, sim, fcfg, v), market.days, market.values)
+    with pytest.raises(ConfigError, match="rekey_codes_per_batch"):
+        run(waits, leaky)
+    run(CFG, leaky)                                   # one-batch patience: nothing re-sent
+    run(waits, dataclasses.replace(leaky, lsh=dataclasses.replace(
+        leaky.lsh, rekey_codes_per_batch=True)))
 
 
 def test_one_platform_equals_single_platform(market):

@@ -138,6 +138,31 @@ def test_secure_sum_matches_plain_sum_and_refuses_wrap():
         _apply(agg.secure_sum(tight), c)
 
 
+def test_secure_sum_aborts_below_min_participants():
+    # A lone party has no pairwise mask: its "masked" vector would be its update in the clear,
+    # so the server aborts below min_participants (default 2) and the sum is zero.
+    fp = FixedPoint(scale=2.0 ** 12, bits=32, value_bound=2.0)
+    c = _cohort(scale=0.3)
+    one = c.replace(mask=jnp.array([0, 0, 0, 1, 0, 0.0]))
+    two = c.replace(mask=jnp.array([0, 1, 0, 1, 0, 0.0]))
+    zero = lambda t: all(float(jnp.max(jnp.abs(l))) == 0 for l in jax.tree.leaves(t))
+    assert zero(_apply(agg.secure_sum(fp), one))
+    assert zero(_apply(agg.secure_fedavg(fp), one))
+    chex.assert_trees_all_close(_apply(agg.secure_sum(fp), two),
+                                _apply(agg.sum_updates(), two), atol=2 / 2 ** 12)
+    assert not zero(_apply(agg.secure_sum(fp, min_participants=1), one))
+    assert zero(_apply(agg.secure_sum(fp, min_participants=3), two))
+    # under DP the noise is still released in an aborted round (noise only, no update)
+    key = jax.random.key(7)
+    aborted = _apply(agg.dp_secure_fedavg(1.0, 1.0, 3.0), one, key)
+    noise_only = _apply(agg.dp_secure_fedavg(1.0, 1.0, 3.0), c.replace(mask=jnp.zeros(K)), key)
+    chex.assert_trees_all_equal(aborted, noise_only)
+    assert not zero(aborted)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="min_participants"):
+            agg.secure_sum(fp, min_participants=bad)
+
+
 def test_stochastic_quantize_on_grid_and_unbiased():
     fp = FixedPoint(scale=4.0, bits=16, value_bound=2.0)
     cohort = agg.Cohort({"v": jnp.full((K, 40_000), 0.3)}, jnp.ones(K), jnp.ones(K))
