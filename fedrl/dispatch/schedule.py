@@ -167,7 +167,7 @@ def build_day(orders: Orders, drivers: DriverTable, cfg: SimConfig, *, bounds: B
                   exists=np.ones(len(dkeep), bool), online0=online0,
                   t_start=np.float32(t_start_s))
     info = DayInfo(num_batches, len(idx), len(dkeep), cap, dropped)
-    return jax.tree.map(jnp.asarray, day), info
+    return jax.device_put(day), info   # (device_put: no eager program per array shape)
 
 
 def _event_grid(batch_of, ids, num_batches) -> np.ndarray:
@@ -210,7 +210,8 @@ def stack_days(days: list[DayData]) -> DayData:
         out.append(DayData(ev, _pad_axis(d.driver_x, D, 0, 0.0), _pad_axis(d.driver_y, D, 0, 0.0),
                            _pad_axis(d.shift_end, D, 0, 0.0), _pad_axis(d.exists, D, 0, False),
                            _pad_axis(d.online0, D, 0, False), np.asarray(d.t_start)))
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *out)
+    # stacked on the host, then one transfer (an eager jnp.stack compiles a program per shape)
+    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *out))
 
 
 def split_by_platform(orders: Orders, drivers: DriverTable, order_platform: np.ndarray,

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -117,7 +118,8 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
             return init_value(cfg)
         return pretrain_value(train_orders, train_start, cfg, city.bounds, fare_fn=fare_fn)
 
-    values = jnp.stack([value_of(train.subset(tp == k)) for k in range(K)])
+    values = jax.device_put(np.stack([np.asarray(value_of(train.subset(tp == k)))
+                                      for k in range(K)]))
     return Market(days=stack_days([d for d, _ in parts]), values=values,
                   global_day=global_day, global_value=jnp.asarray(value_of(train)),
                   infos=[i for _, i in parts], global_info=global_info,
@@ -130,13 +132,15 @@ def prepare_market(city: CityConfig, cfg: SimConfig, market: MarketConfig, seed:
 def pad_together(stacks: list) -> list:
     """Pad several stacked days ([K_i] leading axis each, same number of batches) to common
     shapes, so that seeds and settings share one compiled program; returns them in order."""
-    import jax
+    # on the host (eager slicing of device arrays compiles a program per shape), one
+    # transfer per result
     counts = [int(s.driver_x.shape[0]) for s in stacks]
-    flat = [jax.tree.map(lambda a, k=k: a[k], s) for s, n in zip(stacks, counts)
+    host = [jax.tree.map(np.asarray, s) for s in stacks]
+    flat = [jax.tree.map(lambda a, k=k: a[k], s) for s, n in zip(host, counts)
             for k in range(n)]
-    stacked = stack_days(flat)
+    stacked = jax.tree.map(np.asarray, stack_days(flat))
     out, start = [], 0
     for n in counts:
-        out.append(jax.tree.map(lambda a, s=start, n=n: a[s:s + n], stacked))
+        out.append(jax.device_put(jax.tree.map(lambda a, s=start, n=n: a[s:s + n], stacked)))
         start += n
     return out

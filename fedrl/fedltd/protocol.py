@@ -739,7 +739,12 @@ def fedltd_batch(state: FedLTDState, events, keys, protocol_key, t_start, cfg: S
     codes = state.codes
     released = jnp.zeros_like(sim.pending.valid)   # orders whose weight step 3 sends
     if fcfg.share_decisions and K > 1:
-        codes = jax.vmap(lambda c, d: refresh_codes(c, d, state.lsh, fcfg))(codes, sim.drivers)
+        # (the knob off: no code is sent, none refreshed; the single-platform runs of the
+        # experiment use this path, see experiments/fedltd.py)
+        codes = jax.lax.cond(
+            state.knobs.share_decisions,
+            lambda c: jax.vmap(lambda c, d: refresh_codes(c, d, state.lsh, fcfg))(c, sim.drivers),
+            lambda c: c, codes)
         w = jax.vmap(lambda s: order_weights(s, now, cfg))(sim)
         eps = state.knobs.epsilon_p
         # skip step 3 when the server could match nothing: no unmatched order, or (without
