@@ -60,24 +60,25 @@ def test_no_sharing_equals_single_platform_exactly(market):
 def test_run_fedltd_validates_its_config(market, change, match):
     # run_fedltd used to trace any FedLTDConfig: "rnd" acted as "index", mix=2 extrapolated
     # the tables (review finding, session 11); now ConfigError at trace time
-    keys, pk = _keys(3)
     with pytest.raises(ConfigError, match=match):
-        jax.eval_shape(lambda d, v: protocol.run_fedltd(
-            d, keys, pk, CFG, dataclasses.replace(FED, **change), v), market.days, market.values)
+        protocol.check_protocol(CFG, dataclasses.replace(FED, **change), 3)
+    if "weight_lower" in change:   # and run_fedltd calls it (tracing the day: once)
+        keys, pk = _keys(3)
+        with pytest.raises(ConfigError, match=match):
+            jax.eval_shape(lambda d, v: protocol.run_fedltd(
+                d, keys, pk, CFG, dataclasses.replace(FED, **change), v),
+                market.days, market.values)
 
 
-def test_decline_unprofitable_needs_fresh_codes_when_orders_wait(market):
+def test_decline_unprofitable_needs_fresh_codes_when_orders_wait():
     # a declined order re-sent with the same codes tells the server its true weight was low
-    keys, pk = _keys(3)
     waits = dataclasses.replace(CFG, patience="exponential")
     leaky = dataclasses.replace(FED, decline_unprofitable=True)
-    run = lambda sim, fcfg: jax.eval_shape(lambda d, v: protocol.run_fedltd(
-        d, keys, pk, sim, fcfg, v), market.days, market.values)
     with pytest.raises(ConfigError, match="rekey_codes_per_batch"):
-        run(waits, leaky)
-    run(CFG, leaky)                                   # one-batch patience: nothing re-sent
-    run(waits, dataclasses.replace(leaky, lsh=dataclasses.replace(
-        leaky.lsh, rekey_codes_per_batch=True)))
+        protocol.check_protocol(waits, leaky, 3)
+    protocol.check_protocol(CFG, leaky, 3)            # one-batch patience: nothing re-sent
+    protocol.check_protocol(waits, dataclasses.replace(leaky, lsh=dataclasses.replace(
+        leaky.lsh, rekey_codes_per_batch=True)), 3)
 
 
 def test_one_platform_equals_single_platform(market):
