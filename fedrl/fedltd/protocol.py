@@ -27,8 +27,8 @@ Reconstructed choices are fields of :class:`fedrl.fedltd.config.FedLTDConfig`; b
   step 1 (:func:`dispatch_batch`), before step 3, and updates the drivers that were candidates
   of some local order (the idle update ``V(loc) += alpha (gamma V(loc) - V(loc))`` for those
   left unmatched, including any the server then dispatches; a driver no local order could
-  reach gets no update); :func:`execute_decisions` makes no TD update,
-  so neither his platform nor the order's learns from the served cross-platform trip. His platform learns
+  reach gets no update); :func:`execute_decisions` makes no TD update, so neither his
+  platform nor the order's learns from the served cross-platform trip. His platform learns
   the order's pick-up point and, when the trip ends, its destination (where he reappears),
   not its fare;
 * LSH parameters are drawn once per day from a key the server does not know; the code hash
