@@ -68,10 +68,15 @@ class AggregationTransform(NamedTuple):
     applied in every round, also one without participants (DP-FedAvg adds its noise then too):
     skipping such a round would reveal that the Poisson sample was empty, an event the
     accountant does not cover. The federated round skips the server step of a round without
-    participants only for transforms without it."""
+    participants only for transforms without it.
+
+    ``min_participants``: below this many participants the transform aggregates nothing
+    (secure aggregation aborts, :func:`secure_sum`); the federated round then keeps the
+    server as in a round without participants (unless ``releases_every_round``)."""
     init: Callable[[PyTree], PyTree]
     update: Callable[[Any, PyTree, jax.Array], tuple[Any, PyTree]]
     releases_every_round: bool = False
+    min_participants: int = 1
 
 
 def stateless(fn: Callable[[Any, jax.Array], Any]) -> AggregationTransform:
@@ -93,7 +98,8 @@ def chain(*transforms: AggregationTransform) -> AggregationTransform:
         return x, tuple(new_state)
 
     return AggregationTransform(init, update,
-                                any(t.releases_every_round for t in transforms))
+                                any(t.releases_every_round for t in transforms),
+                                max([1] + [t.min_participants for t in transforms]))
 
 
 def _broadcast(vector: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -446,7 +452,7 @@ def secure_sum(fp: FixedPoint, use_self_masks: bool = False,
             jax.random.fold_in(key, 1), q, active, fp, use_self_masks)
         total = jnp.where(jnp.sum(active) >= min_participants, total, jnp.zeros_like(total))
         return unravel(quantization.decode(total, fp))
-    return stateless(fn)
+    return stateless(fn)._replace(min_participants=min_participants)
 
 
 def secure_mean(fp: FixedPoint, weight_cap: float | None = None,
@@ -477,7 +483,7 @@ def secure_mean(fp: FixedPoint, weight_cap: float | None = None,
         safe = jnp.where(total > 0, total, 1.0)
         return jax.tree.map(lambda s: jnp.where(total > 0, s / safe, 0.0).astype(s.dtype),
                             numerator)
-    return stateless(fn)
+    return stateless(fn)._replace(min_participants=reduce.min_participants)
 
 
 # ------------------------------------------------------------------ server-side noise

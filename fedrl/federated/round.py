@@ -36,8 +36,9 @@ default, the default round being bit-identical to the round without them):
   holds each party's steps of the round);
 * a party whose update has a NaN / inf is excluded before aggregation for every aggregator
   (metric ``nonfinite_updates``; why it keeps DP's guarantee: :func:`_client_updates`);
-* a round without participants (all stragglers, dropped or excluded) leaves the global model
-  and the server optimizer's state as they were (FedAvgM's momentum or FedAdam's moments
+* a round without participants (all stragglers, dropped or excluded), or with fewer than the
+  aggregator's ``min_participants`` (secure aggregation aborts below 2), leaves the global
+  model and the server optimizer's state as they were (FedAvgM's momentum or FedAdam's moments
   would otherwise move the model on a zero update), except under DP, whose noise is a release
   of every round (``AggregationTransform.releases_every_round``);
 * FedNova (Wang et al., NeurIPS 2020; ``AggregatorConfig(kind="fednova")``) averages
@@ -656,8 +657,10 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             # server as it was: FedAvgM's momentum / FedAdam's moments would otherwise move the
             # model on a zero update. Not under DP: its noise is released in every round
             # (skipping would reveal an empty Poisson sample). (IFCA guards each cluster.)
+            # Likewise a round below the aggregator's minimum (a secure sum that aborted).
+            enough = jnp.sum(participating) >= max(1, aggregator.min_participants)
             global_params, server_opt_state, agg_state = tree_select(
-                jnp.any(participating), (global_params, server_opt_state, agg_state),
+                enough, (global_params, server_opt_state, agg_state),
                 (state.global_params, state.server_opt_state, state.aggregator_state))
 
         parties = jax.tree.map(lambda whole, part: whole.at[idx].set(part),

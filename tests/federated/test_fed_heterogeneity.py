@@ -58,6 +58,34 @@ def test_nonfinite_update_is_excluded(kind, fed):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=tol)
 
 
+def test_secure_round_below_min_participants_keeps_the_server():
+    # A secure sum with one participant aborts (its masked vector would be its update in the
+    # clear); the round then keeps the global model and FedAvgM's momentum as in a round
+    # without participants (the momentum used to move the model on the zero update).
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(num_rounds=2, local_steps=30, sampling="poisson", sampling_rate=0.5,
+                          server_optimizer="momentum")
+    agg, _ = build_aggregator(AggregatorConfig(kind="secure"), 3, cfg)
+    assert agg.min_participants == 2
+    rnd = make_federated_round(dqn, toy_env.ENV, _toy_params([1.0, 1.5, 2.0]), cfg, agg)
+    state = rnd.init(jax.random.key(0))
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    first = next(out for k in range(64) if int((out := rnd.step(copy(state), jax.random.key(k)))
+                                                [1]["participants"]) >= 2)[0]
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(first.server_opt_state))
+    new, metrics = next(out for k in range(64, 128) if int(
+        (out := rnd.step(copy(first), jax.random.key(k)))[1]["participants"]) == 1)
+    for a, b in zip(jax.tree.leaves((new.global_params, new.server_opt_state)),
+                    jax.tree.leaves((first.global_params, first.server_opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_secure_fixed_cohort_below_min_participants_is_refused():
+    with pytest.raises(ConfigError, match="every round would abort"):
+        build_aggregator(AggregatorConfig(kind="secure"), 3,
+                         FederatedConfig(clients_per_round=1))
+
+
 @pytest.mark.parametrize("fed", [{}, {"sync_target_each_round": False}])
 def test_a_diverged_party_recovers_at_the_next_broadcast(fed):
     """A party whose optimizer state (and, without the round-start target sync, its target
