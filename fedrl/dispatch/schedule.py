@@ -192,6 +192,12 @@ def _pad_axis(x, size: int, axis: int, fill):
 
 def stack_days(days: list[DayData]) -> DayData:
     """Pad per-platform days to common sizes and stack them on a leading platform axis."""
+    # stacked on the host, then one transfer (an eager jnp.stack compiles a program per shape)
+    return jax.device_put(stack_days_host(days))
+
+
+def stack_days_host(days: list[DayData]) -> DayData:
+    """:func:`stack_days` with NumPy leaves (no transfer to the device)."""
     nb = {int(d.events.online.shape[0]) for d in days}
     if len(nb) != 1:
         raise ConfigError(f"stacked days must have the same number of batches, got {nb}")
@@ -210,8 +216,7 @@ def stack_days(days: list[DayData]) -> DayData:
         out.append(DayData(ev, _pad_axis(d.driver_x, D, 0, 0.0), _pad_axis(d.driver_y, D, 0, 0.0),
                            _pad_axis(d.shift_end, D, 0, 0.0), _pad_axis(d.exists, D, 0, False),
                            _pad_axis(d.online0, D, 0, False), np.asarray(d.t_start)))
-    # stacked on the host, then one transfer (an eager jnp.stack compiles a program per shape)
-    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *out))
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *out)
 
 
 def split_by_platform(orders: Orders, drivers: DriverTable, order_platform: np.ndarray,

@@ -90,12 +90,6 @@ def build_aggregator(cfg: AggregatorConfig, num_parties: int, fed: FederatedConf
     if cfg.kind == "fednova":
         return aggregation.fednova(), None
     if cfg.kind == "secure":
-        cohort = (fed.clients_per_round or num_parties) if fed.sampling == "fixed" \
-            else num_parties
-        require(cohort >= cfg.secure_min_participants,
-                f"aggregator.kind=secure with a cohort of {cohort} parties (fed.clients_per_round"
-                f" / parties) below aggregator.secure_min_participants="
-                f"{cfg.secure_min_participants}: every round would abort")
         # Room for every party's value in the signed 32-bit ring: K * B * scale < 2^31.
         fp = FixedPoint(scale=2.0 ** 30 / (cfg.secure_value_bound * num_parties), bits=32,
                         value_bound=cfg.secure_value_bound)

@@ -438,6 +438,10 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
     aggregator = aggregator or fedavg()
     server_opt = make_server_optimizer(cfg)
     federated = cfg.aggregation != "none"
+    require(not federated or cfg.sampling != "fixed" or cohort >= aggregator.min_participants,
+            f"a fixed cohort of {cohort} parties (fed.clients_per_round) is below the "
+            f"aggregator's minimum of {aggregator.min_participants} participants (e.g. "
+            "aggregator.secure_min_participants): every round would abort")
     num_clusters = cfg.num_clusters if federated else 1
     clustered = num_clusters > 1            # IFCA: C server models (clustering.py)
     mask = None                             # FedPer: static leaf mask of the personal head

@@ -20,7 +20,7 @@ from fedrl.config import ConfigError, require, require_positive
 from fedrl.data.city import CityConfig, fare_function, split_platforms
 from fedrl.data.grid import local_projection
 from fedrl.dispatch.day import gaia_days, pretrain_value, synthetic_days
-from fedrl.dispatch.schedule import DayData, DayInfo, build_day, stack_days
+from fedrl.dispatch.schedule import DayData, DayInfo, build_day, stack_days, stack_days_host
 from fedrl.dispatch.types import SimConfig
 
 
@@ -138,7 +138,7 @@ def pad_together(stacks: list) -> list:
     host = [jax.tree.map(np.asarray, s) for s in stacks]
     flat = [jax.tree.map(lambda a, k=k: a[k], s) for s, n in zip(host, counts)
             for k in range(n)]
-    stacked = jax.tree.map(np.asarray, stack_days(flat))
+    stacked = stack_days_host(flat)
     out, start = [], 0
     for n in counts:
         out.append(jax.device_put(jax.tree.map(lambda a, s=start, n=n: a[s:s + n], stacked)))

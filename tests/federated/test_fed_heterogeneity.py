@@ -81,9 +81,11 @@ def test_secure_round_below_min_participants_keeps_the_server():
 
 
 def test_secure_fixed_cohort_below_min_participants_is_refused():
+    cfg = FederatedConfig(clients_per_round=1)
+    agg, _ = build_aggregator(AggregatorConfig(kind="secure"), 3, cfg)
     with pytest.raises(ConfigError, match="every round would abort"):
-        build_aggregator(AggregatorConfig(kind="secure"), 3,
-                         FederatedConfig(clients_per_round=1))
+        make_federated_round(make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS), toy_env.ENV,
+                             _toy_params([1.0, 1.0, 1.0]), cfg, agg)
 
 
 @pytest.mark.parametrize("fed", [{}, {"sync_target_each_round": False}])
