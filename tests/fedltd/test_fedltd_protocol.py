@@ -487,15 +487,20 @@ def test_execute_decisions_declines_far_pairs_and_attributes_revenue(traced):
     assert np.all(np.asarray(out.pending.valid)[:, ko, s_near])
 
 
-def test_most_colliding_matches_a_stable_sort():
+@pytest.mark.parametrize("density", [1.0, 0.05])
+def test_most_colliding_matches_a_stable_sort(density):
+    # dense rows (more than k candidates, many ties) and sparse ones (fewer than k, empty)
     rng = np.random.default_rng(0)
-    hits = rng.integers(0, 5, size=(7, 40))
+    hits = rng.integers(0, 5, size=(9, 40)) * (rng.random((9, 40)) < density)
     idx, mask = protocol._most_colliding(jnp.asarray(hits), 6, 4)
-    for r in range(7):
+    idx, mask = np.asarray(idx), np.asarray(mask)
+    for r in range(9):
         order = sorted((-h, c) for c, h in enumerate(hits[r]) if h > 0)[:6]
         want = [c for _, c in order]
-        got = np.asarray(idx[r])[np.asarray(mask[r])].tolist()
-        assert got == want
+        assert idx[r][mask[r]].tolist() == want
+        assert mask[r].tolist() == [True] * len(want) + [False] * (6 - len(want))
+        assert np.all(idx[r][~mask[r]] == 0)
+    assert mask.all() if density == 1.0 else (~mask).any(axis=1).all()   # the case holds
 
 
 def test_code_cache_tracks_moves_and_refreshes_at_most_the_cap():
