@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import numbers
 from typing import Literal
@@ -70,9 +71,16 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     _check_common(sampling_rate, rounds, delta, accountant)
     require_positive("noise_multiplier z", noise_multiplier)
     # Plain Python numbers for dp-accounting (NumPy / 0-d JAX scalars pass validation).
-    noise_multiplier, sampling_rate = float(noise_multiplier), float(sampling_rate)
-    delta = float(delta)
-    rounds = int(rounds)
+    return _epsilon(float(noise_multiplier), float(sampling_rate), int(rounds), float(delta),
+                    accountant, float(pld_discretization))
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float,
+             accountant: Accountant, pld_discretization: float) -> float:
+    """:func:`epsilon` on plain Python numbers, memoized: a PLD of a small z takes tens of
+    seconds (pure-Python grid), and an experiment asks for the same (z, q, T, delta) once per
+    aggregator that shares it (e.g. DP with and without secure aggregation)."""
     acc = make_accountant(accountant, pld_discretization)
     try:
         with _quiet_absl():

@@ -118,3 +118,16 @@ def test_unreachable_pld_target_is_a_config_error():
     # got no bracket and raised a bare ValueError before
     with pytest.raises(ConfigError, match="no noise multiplier reaches epsilon=1e-06"):
         accounting.noise_multiplier_for_epsilon(1e-6, 1.0, 1000, 1e-5)
+
+
+def test_epsilon_is_memoized_on_plain_numbers():
+    # the same (z, q, T, delta) asked twice (e.g. DP with and without secure aggregation) is
+    # composed once; NumPy and Python numbers are the same entry; other arguments are not
+    import numpy as np
+    args = (1.3, 0.07, 37, 1e-5)
+    first = accounting.epsilon(*args)
+    hits = accounting._epsilon.cache_info().hits
+    again = accounting.epsilon(np.float64(1.3), np.float64(0.07), np.int64(37), 1e-5)
+    assert again == first and accounting._epsilon.cache_info().hits == hits + 1
+    assert accounting.epsilon(1.3, 0.07, 38, 1e-5) > first
+    assert accounting.epsilon(*args, accountant="rdp") > first
