@@ -32,7 +32,10 @@ def prefix_count(mask, axis: int = -1):
     integer below 2^24, whatever the summation order or a reduced-precision input format. One
     dot replaces the log-depth scan's ~25 slice/pad/add ops: measured on the quick Fed-LTD day
     (its [96, 291] and [52, 48] counts), 1.3x faster per batch and less to compile; 1-D
-    counts keep the scan (faster there than the matmul).
+    counts keep the scan (faster there than the matmul). The dot costs O(n^2) per row: where
+    only the first k positions of each row are wanted, k rounds of float32 max/min
+    reductions are cheaper (session 12: the server's candidate ranking,
+    ``fedrl.fedltd.protocol._most_colliding``, no longer uses running counts).
     """
     mask = jnp.asarray(mask).astype(bool)
     if mask.ndim == 0:
