@@ -321,7 +321,13 @@ def collision_count(codes_a: jax.Array, codes_b: jax.Array) -> jax.Array:
     is a candidate when the count is >= 1 (OR over tables; AND over the m hashes is already in
     each code).
     """
-    return jnp.sum(jnp.asarray(codes_a) == jnp.asarray(codes_b), axis=-1, dtype=jnp.int32)
+    a, b = jnp.asarray(codes_a), jnp.asarray(codes_b)
+    # one equality per table, added elementwise: a bool -> int32 sum over the short last axis
+    # is a slow row reduction on XLA:CPU
+    count = jnp.zeros(jnp.broadcast_shapes(a.shape[:-1], b.shape[:-1]), jnp.int32)
+    for table in range(jnp.broadcast_shapes(a.shape, b.shape)[-1]):
+        count = count + (a[..., table] == b[..., table]).astype(jnp.int32)
+    return count
 
 
 def lsh_quality(params: LSHParams, cfg: LSHConfig, xa, ya, xb, yb, radius_m: float,

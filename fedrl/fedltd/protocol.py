@@ -364,39 +364,54 @@ def _flat(x):
     return x.reshape((-1,) + x.shape[2:])
 
 
-def _most_colliding(hits, k: int, num_tables: int):
-    """Per row, the ``k`` columns with the most colliding tables (ties: lower index first)
-    -> (columns i32[N, k], mask). ``k`` rounds of "take the row's best column, then strike
-    it out", in float32: counts below ``num_tables`` and column indices are exact there, and
-    XLA:CPU vectorizes float row maxima and minima but not integer ones, ``argmax`` or
-    ``lax.top_k`` (slow on CPU inside a scan). Measured on the quick Fed-LTD day's [96, 291]
-    matrix: ~7x faster than ranking through one running count per collision level (four
-    [96, 291] x [291, 291] matmuls), with the same result (tested)."""
-    del num_tables   # the counts are compared as they are
+def _top_columns(hits, position, k: int):
+    """Per row, the ``k`` columns with the most colliding tables, ties by smaller
+    ``position`` (a permutation of the row's columns) -> (columns i32[N, k], mask).
+
+    Each (hits, position) pair becomes one float32 score, unique within its row (exact: hits
+    <= L and positions < M are small integers); then ``k`` rounds of "take the row's best
+    column, strike it out". XLA:CPU vectorizes float row maxima and minima, not integer ones,
+    ``argmax`` or ``lax.top_k`` (slow on CPU inside a scan)."""
     N, M = hits.shape
+    score = hits.astype(jnp.float32) * M + (M - 1 - position).astype(jnp.float32)
     col = jnp.arange(M, dtype=jnp.float32)
 
-    def take_best(h, _):
-        best = jnp.max(h, axis=1)
-        j = jnp.min(jnp.where(h == best[:, None], col[None, :], float(M)), axis=1)
-        return jnp.where(col[None, :] == j[:, None], -1.0, h), (j, best > 0)
+    def take_best(s, _):
+        best = jnp.max(s, axis=1)
+        j = jnp.min(jnp.where(s == best[:, None], col[None, :], float(M)), axis=1)
+        return jnp.where(col[None, :] == j[:, None], -1.0, s), (j, best >= M)  # >= M: hits > 0
 
-    _, (idx, mask) = jax.lax.scan(take_best, hits.astype(jnp.float32), None, length=k)
+    _, (idx, mask) = jax.lax.scan(take_best, score, None, length=k)
     return jnp.where(mask.T, idx.T.astype(jnp.int32), 0), mask.T
+
+
+def _most_colliding(hits, k: int, num_tables: int):
+    """Per row, the ``k`` columns with the most colliding tables (ties: lower index first)
+    -> (columns i32[N, k], mask). Same result as ranking through one running count per
+    collision level (four [96, 291] x [291, 291] matmuls on the quick day, before session
+    12), at a fraction of the cost (tested against a stable sort)."""
+    del num_tables   # the counts are compared as they are
+    M = hits.shape[1]
+    return _top_columns(hits, jnp.arange(M, dtype=jnp.int32)[None, :], k)
 
 
 def _shuffled_most_colliding(hits, k: int, num_tables: int, key):
     """:func:`_most_colliding` with ties broken at random: the columns are read in a random
     order (one permutation per batch) from a random start per row, so equally colliding
     drivers are kept with about equal chance whatever their platform or slot, and co-located
-    orders keep different drivers. Returns column indices of ``hits``."""
+    orders keep different drivers. Returns column indices of ``hits``.
+
+    Column ``c`` is read at position ``(perm^-1[c] - start) mod M`` of its row; ranking by
+    that position selects exactly what ranking the permuted matrix would, without gathering
+    it (two [N, M] gathers, slow on CPU; tested against the permuted reading)."""
+    del num_tables
     N, M = hits.shape
     k_cols, k_start = jax.random.split(key)
     perm = jax.random.permutation(k_cols, M).astype(jnp.int32)
     start = jax.random.randint(k_start, (N,), 0, M)
-    order = perm[(jnp.arange(M)[None, :] + start[:, None]) % M]        # [N, M] column ids
-    idx, mask = _most_colliding(jnp.take_along_axis(hits, order, axis=1), k, num_tables)
-    return jnp.take_along_axis(order, idx, axis=1), mask
+    inverse = jnp.zeros((M,), jnp.int32).at[perm].set(jnp.arange(M, dtype=jnp.int32))
+    position = (inverse[None, :] - start[:, None]) % M
+    return _top_columns(hits, position, k)
 
 
 def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=None,

@@ -503,6 +503,22 @@ def test_most_colliding_matches_a_stable_sort(density):
     assert mask.all() if density == 1.0 else (~mask).any(axis=1).all()   # the case holds
 
 
+def test_shuffled_most_colliding_ranks_the_randomly_read_columns():
+    # reference: read each row's columns in the batch's random order from the row's random
+    # start (the same draws), then keep the k most colliding, earlier read first
+    rng = np.random.default_rng(1)
+    hits = rng.integers(0, 5, size=(11, 37)) * (rng.random((11, 37)) < 0.4)
+    key = jax.random.PRNGKey(3)
+    idx, mask = protocol._shuffled_most_colliding(jnp.asarray(hits), 5, 4, key)
+    k_cols, k_start = jax.random.split(key)
+    perm = np.asarray(jax.random.permutation(k_cols, 37))
+    start = np.asarray(jax.random.randint(k_start, (11,), 0, 37))
+    for r in range(11):
+        read = [perm[(i + start[r]) % 37] for i in range(37)]
+        order = sorted((-hits[r, c], i, c) for i, c in enumerate(read) if hits[r, c] > 0)[:5]
+        assert np.asarray(idx[r])[np.asarray(mask[r])].tolist() == [c for _, _, c in order]
+
+
 def test_code_cache_tracks_moves_and_refreshes_at_most_the_cap():
     from fedrl.dispatch.types import BUSY
     fcfg = dataclasses.replace(FED, code_refresh=3)
