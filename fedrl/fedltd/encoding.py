@@ -144,7 +144,11 @@ def salted_digest(salt: jax.Array, ids: jax.Array, platform) -> jax.Array:
 
 def digests_equal(a: jax.Array, b: jax.Array) -> jax.Array:
     """bool[...]: all 4 digest words equal (broadcasting over the leading dims)."""
-    return jnp.all(jnp.asarray(a) == jnp.asarray(b), axis=-1)
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    equal = a[..., 0] == b[..., 0]
+    for word in range(1, jnp.broadcast_shapes(a.shape, b.shape)[-1]):  # elementwise: a bool
+        equal = equal & (a[..., word] == b[..., word])   # row reduction is slow on XLA:CPU
+    return equal
 
 
 # ---------------------------------------------------------------------------------------------

@@ -502,15 +502,17 @@ def decode_decision(decision: ServerDecision, orders: OrderMessage, drivers: Dri
     Returns (row of each own order slot [P] (-1: none), own sent-driver index of each decision
     row [N] (-1: not ours)).
     """
-    n = jnp.arange(decision.valid.shape[0], dtype=jnp.int32)
+    # A digest matches at most one entry (digests are distinct within a batch), so the
+    # matching index is the masked index's maximum, -1 when none: a float32 reduction
+    # (exact for these small integers; integer row reductions are slow on XLA:CPU).
+    n = jnp.arange(decision.valid.shape[0], dtype=jnp.float32)
     o_hit = (encoding.digests_equal(orders.digest[:, None, :], decision.order_digest[None])
              & decision.valid[None, :] & orders.valid[:, None])                      # [P, N]
-    slot_row = jnp.where(jnp.any(o_hit, axis=1), jnp.sum(jnp.where(o_hit, n, 0), axis=1), -1)
-    r = jnp.arange(drivers.valid.shape[0], dtype=jnp.int32)
+    slot_row = jnp.max(jnp.where(o_hit, n[None, :], -1.0), axis=1).astype(jnp.int32)
+    r = jnp.arange(drivers.valid.shape[0], dtype=jnp.float32)
     d_hit = (encoding.digests_equal(drivers.digest[:, None, :], decision.driver_digest[None])
              & decision.valid[None, :] & drivers.valid[:, None])                     # [R, N]
-    row_sent = jnp.where(jnp.any(d_hit, axis=0), jnp.sum(jnp.where(d_hit, r[:, None], 0),
-                                                          axis=0), -1)
+    row_sent = jnp.max(jnp.where(d_hit, r[:, None], -1.0), axis=0).astype(jnp.int32)
     return slot_row, row_sent
 
 
@@ -651,7 +653,7 @@ def decision_stage(sim: SimState, lsh: encoding.LSHParams, key, now, cfg: SimCon
         wanted = wanted & (_flat(view.orders.weight) > fcfg.weight_lower)
     near = ((dist <= cfg.radius_m) & (o_plat[:, None] != d_plat[None, :])
             & wanted[:, None] & _flat(view.drivers.valid)[None, :])
-    f = lambda x: jnp.sum(x).astype(jnp.float32)
+    f = lambda x: jnp.sum(x, dtype=jnp.float32)   # counts < 2^24: exact in float32
     log = CrossLog(candidates=f(cand), false_pairs=f(cand & ~near), near_pairs=f(near),
                    near_found=f(cand & near), proposed=f(proposed), declined=f(declined),
                    matched=f(pairs.executed), revenue=revenue.astype(jnp.float32),
