@@ -142,13 +142,17 @@ def salted_digest(salt: jax.Array, ids: jax.Array, platform) -> jax.Array:
     return md5_words(jnp.stack(words, axis=-1))
 
 
+def _word_equalities(a, b) -> list[jax.Array]:
+    """``a[..., w] == b[..., w]`` for each word w of the (short) last axis, broadcasting the
+    leading dims. Combined elementwise by the callers: a bool/int reduction over the last axis
+    is a slow row reduction on XLA:CPU."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    return [a[..., w] == b[..., w] for w in range(jnp.broadcast_shapes(a.shape, b.shape)[-1])]
+
+
 def digests_equal(a: jax.Array, b: jax.Array) -> jax.Array:
     """bool[...]: all 4 digest words equal (broadcasting over the leading dims)."""
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    equal = a[..., 0] == b[..., 0]
-    for word in range(1, jnp.broadcast_shapes(a.shape, b.shape)[-1]):  # elementwise: a bool
-        equal = equal & (a[..., word] == b[..., word])   # row reduction is slow on XLA:CPU
-    return equal
+    return functools.reduce(jnp.logical_and, _word_equalities(a, b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,13 +329,7 @@ def collision_count(codes_a: jax.Array, codes_b: jax.Array) -> jax.Array:
     is a candidate when the count is >= 1 (OR over tables; AND over the m hashes is already in
     each code).
     """
-    a, b = jnp.asarray(codes_a), jnp.asarray(codes_b)
-    # one equality per table, added elementwise: a bool -> int32 sum over the short last axis
-    # is a slow row reduction on XLA:CPU
-    count = jnp.zeros(jnp.broadcast_shapes(a.shape[:-1], b.shape[:-1]), jnp.int32)
-    for table in range(jnp.broadcast_shapes(a.shape, b.shape)[-1]):
-        count = count + (a[..., table] == b[..., table]).astype(jnp.int32)
-    return count
+    return sum(e.astype(jnp.int32) for e in _word_equalities(codes_a, codes_b))
 
 
 def lsh_quality(params: LSHParams, cfg: LSHConfig, xa, ya, xb, yb, radius_m: float,

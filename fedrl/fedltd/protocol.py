@@ -385,17 +385,16 @@ def _top_columns(hits, position, k: int):
     return jnp.where(mask.T, idx.T.astype(jnp.int32), 0), mask.T
 
 
-def _most_colliding(hits, k: int, num_tables: int):
+def _most_colliding(hits, k: int):
     """Per row, the ``k`` columns with the most colliding tables (ties: lower index first)
     -> (columns i32[N, k], mask). Same result as ranking through one running count per
     collision level (four [96, 291] x [291, 291] matmuls on the quick day, before session
     12), at a fraction of the cost (tested against a stable sort)."""
-    del num_tables   # the counts are compared as they are
     M = hits.shape[1]
     return _top_columns(hits, jnp.arange(M, dtype=jnp.int32)[None, :], k)
 
 
-def _shuffled_most_colliding(hits, k: int, num_tables: int, key):
+def _shuffled_most_colliding(hits, k: int, key):
     """:func:`_most_colliding` with ties broken at random: the columns are read in a random
     order (one permutation per batch) from a random start per row, so equally colliding
     drivers are kept with about equal chance whatever their platform or slot, and co-located
@@ -404,7 +403,6 @@ def _shuffled_most_colliding(hits, k: int, num_tables: int, key):
     Column ``c`` is read at position ``(perm^-1[c] - start) mod M`` of its row; ranking by
     that position selects exactly what ranking the permuted matrix would, without gathering
     it (two [N, M] gathers, slow on CPU; tested against the permuted reading)."""
-    del num_tables
     N, M = hits.shape
     k_cols, k_start = jax.random.split(key)
     perm = jax.random.permutation(k_cols, M).astype(jnp.int32)
@@ -456,10 +454,9 @@ def server_match(view: ServerView, fcfg: FedLTDConfig, scfg: SimConfig, oracle=N
     if shuffle:
         k_ties, k_rows = jax.random.split(key)
     if oracle is None and shuffle:
-        idx, mask = _shuffled_most_colliding(jnp.where(cand, hits, 0), k, fcfg.lsh.num_tables,
-                                             k_ties)
+        idx, mask = _shuffled_most_colliding(jnp.where(cand, hits, 0), k, k_ties)
     elif oracle is None:
-        idx, mask = _most_colliding(jnp.where(cand, hits, 0), k, fcfg.lsh.num_tables)
+        idx, mask = _most_colliding(jnp.where(cand, hits, 0), k)
     else:
         _, idx = jax.lax.top_k(score, k)  # ties: lower index first
         mask = jnp.take_along_axis(cand, idx, axis=1)

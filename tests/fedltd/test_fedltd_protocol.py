@@ -492,7 +492,7 @@ def test_most_colliding_matches_a_stable_sort(density):
     # dense rows (more than k candidates, many ties) and sparse ones (fewer than k, empty)
     rng = np.random.default_rng(0)
     hits = rng.integers(0, 5, size=(9, 40)) * (rng.random((9, 40)) < density)
-    idx, mask = protocol._most_colliding(jnp.asarray(hits), 6, 4)
+    idx, mask = protocol._most_colliding(jnp.asarray(hits), 6)
     idx, mask = np.asarray(idx), np.asarray(mask)
     for r in range(9):
         order = sorted((-h, c) for c, h in enumerate(hits[r]) if h > 0)[:6]
@@ -509,7 +509,7 @@ def test_shuffled_most_colliding_ranks_the_randomly_read_columns():
     rng = np.random.default_rng(1)
     hits = rng.integers(0, 5, size=(11, 37)) * (rng.random((11, 37)) < 0.4)
     key = jax.random.PRNGKey(3)
-    idx, mask = protocol._shuffled_most_colliding(jnp.asarray(hits), 5, 4, key)
+    idx, mask = protocol._shuffled_most_colliding(jnp.asarray(hits), 5, key)
     k_cols, k_start = jax.random.split(key)
     perm = np.asarray(jax.random.permutation(k_cols, 37))
     start = np.asarray(jax.random.randint(k_start, (11,), 0, 37))
