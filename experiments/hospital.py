@@ -593,7 +593,12 @@ def _add_relative_metrics(cfg, methods, curves, target):
     Quality is None when centralized did not beat random (R_central <= R_random): the ratio's
     denominator would be <= 0 and rank the methods backwards. The personalized row gets no
     rounds to target: its models are never evaluated on the learning curve (the curve is the
-    global model's)."""
+    global model's).
+
+    ``curve_last_return`` is the row's last learning-curve point, and ``curve_misleads`` flags a
+    row whose held-out return is below random's although that last point reached the target:
+    the curve's few episodes (``curve_episodes`` per hospital) missed a policy that breaks down
+    on other days (seen with IFCA at the quick preset), so its rounds to target mean little."""
     random_r = methods.get("random", {}).get("episode_return")
     central_r = methods.get("centralized", {}).get("episode_return")
     for name, m in methods.items():
@@ -605,6 +610,13 @@ def _add_relative_metrics(cfg, methods, curves, target):
                                            if central_r > random_r else None)
         if target is not None and name in curves:
             m["rounds_to_target"] = rounds_to_target(curves[name], target)
+        points = np.asarray(curves.get(name, ()), dtype=float)
+        points = points[~np.isnan(points)]
+        if points.size:
+            m["curve_last_return"] = float(points[-1])
+            m["curve_misleads"] = bool(target is not None and random_r is not None
+                                       and points[-1] >= target
+                                       and m["episode_return"] < random_r)
 
 
 def _fmt(x):
@@ -672,6 +684,17 @@ def _tables(cfg, methods, per_hospital, visits) -> str:
     if partial:
         text.append("Means over fewer hospitals (metric undefined elsewhere): "
                     + "; ".join(partial) + ".\n")
+    misled = [(name, m) for name, m in methods.items() if m.get("curve_misleads")]
+    if misled:
+        text.append("**WARNING: held-out return below random's although the learning curve "
+                    "reached the target**: "
+                    + "; ".join(f"`{name}` {m['episode_return']:,.1f} on the held-out episodes "
+                                f"vs {m['curve_last_return']:,.1f} at its last curve point"
+                                for name, m in misled)
+                    + f". The curve ({cfg.curve_episodes} episode(s) per hospital) missed a "
+                    "policy that breaks down on other days (see the per-hospital table), so "
+                    "its rounds to target mean little; raise `curve_episodes` to see it on the "
+                    "curve.\n")
     uplink = [(name, m) for name, m in methods.items() if name in FEDERATED_METHODS
               and m.get("uplink_bytes_per_party_round") is not None]
     if uplink:

@@ -48,6 +48,34 @@ def test_rounds_to_target_not_given_to_the_personalized_row():
     assert "rounds_to_target" not in methods["fedavg_personalized"]
 
 
+def test_curve_misleads_flags_a_held_out_collapse_the_curve_missed():
+    methods = _methods(random_r=-600.0, central_r=-200.0)
+    methods["fedavg"]["episode_return"] = -30_000.0   # IFCA at the quick preset, seed 0
+    curves = {"fedavg": np.array([np.nan, -500.0, np.nan, -100.0]),   # reached the target
+              "local": np.array([np.nan, -900.0, np.nan, -800.0]),    # never reached it
+              "centralized": np.array([np.nan, -300.0, np.nan, -250.0])}
+    methods["local"]["episode_return"] = -6000.0                       # below random too
+    hospital._add_relative_metrics(hospital.smoke(), methods, curves, -350.0)
+    assert methods["fedavg"]["curve_last_return"] == -100.0
+    assert methods["fedavg"]["curve_misleads"] is True
+    assert methods["local"]["curve_misleads"] is False          # its curve said so already
+    assert methods["centralized"]["curve_misleads"] is False    # held-out above random
+    assert "curve_misleads" not in methods["fedavg_personalized"]   # not on the curve
+    table = hospital._tables(hospital.smoke(), methods, {}, [1.0, 2.0])
+    assert "WARNING: held-out return below random's" in table
+    assert "`fedavg` -30,000.0 on the held-out episodes vs -100.0" in table
+    assert "`local`" not in table.split("WARNING")[1].split("\n")[0]
+
+
+def test_no_curve_warning_without_a_collapse():
+    methods = _methods(random_r=-600.0, central_r=-200.0)
+    curves = {"fedavg": np.array([-700.0, -300.0]), "local": np.array([-900.0, -800.0]),
+              "centralized": np.array([-250.0, -100.0])}
+    hospital._add_relative_metrics(hospital.smoke(), methods, curves, -350.0)
+    assert not any(m.get("curve_misleads") for m in methods.values())
+    assert "WARNING" not in hospital._tables(hospital.smoke(), methods, {}, [1.0, 2.0])
+
+
 def test_default_target_is_strict_priority():
     assert hospital.HospitalExperimentConfig().target_heuristic == "strict_priority"
 
