@@ -33,6 +33,11 @@ Methods (same hospitals, same DQN, the same expected number of environment steps
   annual visits) or ``fed.party_speeds``, and/or ``fed.min_local_fraction`` < 1; every
   method but centralized then trains under those speeds, and each DQN row reports its
   per-hospital local steps per round (``local_step_caps``) and ``stragglers``;
+* ``fedavg_dropout`` (opt-in): Federated Dropout (Caldas et al. 2018), FedAvg's protocol and
+  key with each hospital training a sub-model that drops ``submodel_rate`` of every hidden
+  layer's units (drawn per hospital and round; ``fedrl.federated.submodel``), each coordinate
+  averaged over the hospitals that trained it; evaluated with the full global model. Its
+  uplink (and download) is the sub-model's parameters;
 * heuristics: FIFO, strict priority, c-mu, accumulating priority, classic MLFQ, random.
 
 Every federated method also reports its uplink: bytes per participating hospital per round
@@ -62,7 +67,7 @@ from experiments.common import Experiment, Report, RunContext, main, markdown_ta
 from fedrl.agents.dqn import DQN, DQNConfig, EnvFns, make_dqn
 from fedrl.config import require
 from fedrl.envs import hospital
-from fedrl.federated import aggregation
+from fedrl.federated import aggregation, submodel
 from fedrl.federated.aggregation import AggregationTransform
 from fedrl.federated.aggregators import AggregatorConfig, build_aggregator, uplink_bytes_per_party
 from fedrl.federated.personalization import num_shared_params
@@ -75,8 +80,10 @@ HEURISTIC_NAMES = ("random", "fifo", "strict_priority", "cmu", "accumulating_pri
 DQN_METHODS = ("fedavg", "local", "centralized")        # the default methods
 # Opt-in: FedAvg over b-bit compressed updates (``quantize_bits``), trained with FedAvg's key
 # (a paired comparison: the two differ only by the quantization).
-OPTIONAL_METHODS = ("fedavg_quantized", "fedper", "fedavg_clustered", "fednova")
-FEDERATED_METHODS = ("fedavg", "fedavg_quantized", "fedper", "fedavg_clustered", "fednova")
+OPTIONAL_METHODS = ("fedavg_quantized", "fedper", "fedavg_clustered", "fednova",
+                    "fedavg_dropout")
+FEDERATED_METHODS = ("fedavg", "fedavg_quantized", "fedper", "fedavg_clustered", "fednova",
+                     "fedavg_dropout")
 HOSPITAL_SPEEDS = ("config", "annual_visits")
 # Methods evaluated with one model per hospital (fed.party_models), not the global model.
 PER_HOSPITAL_METHODS = ("fedper", "fedavg_clustered")
@@ -109,6 +116,7 @@ class HospitalExperimentConfig:
     quantize_bits: int = 8            # fedavg_quantized: bits per update coordinate
     personal_layers: int = 1          # fedper: last Dense layers kept local (the Q head)
     num_clusters: int = 2             # fedavg_clustered: IFCA cluster models
+    submodel_rate: float = 0.25       # fedavg_dropout: share of hidden units each sub-model drops
     # System heterogeneity: "config" uses fed.party_speeds as given (None: equal speeds);
     # "annual_visits" sets them to each hospital's annual visits / the largest hospital's (a
     # busier hospital has more IT capacity [reconstructed]), for every method but centralized.
@@ -143,10 +151,16 @@ class HospitalExperimentConfig:
         require("fedavg_clustered" not in self.methods or self.num_clusters <= self.num_hospitals,
                 f"num_clusters={self.num_clusters} exceeds num_hospitals={self.num_hospitals} "
                 "(a cluster could never have a member)")
-        require(self.fed.personal_layers == 0 and self.fed.num_clusters == 1,
-                "set personal_layers / num_clusters and add the fedper / fedavg_clustered "
-                "methods instead of fed.personal_layers / fed.num_clusters (which would change "
-                "every federated method)")
+        require(isinstance(self.submodel_rate, (int, float))
+                and not isinstance(self.submodel_rate, bool) and 0 < self.submodel_rate < 1,
+                f"submodel_rate must be a number in (0, 1) (the share of hidden units each "
+                f"hospital's sub-model drops), got {self.submodel_rate!r}")
+        require(self.fed.personal_layers == 0 and self.fed.num_clusters == 1
+                and self.fed.submodel_rate == 0,
+                "set personal_layers / num_clusters / submodel_rate and add the fedper / "
+                "fedavg_clustered / fedavg_dropout methods instead of fed.personal_layers / "
+                "fed.num_clusters / fed.submodel_rate (which would change every federated "
+                "method)")
         require(self.hospital_speeds in HOSPITAL_SPEEDS,
                 f"hospital_speeds must be one of {list(HOSPITAL_SPEEDS)}, got "
                 f"{self.hospital_speeds!r}")
@@ -354,6 +368,8 @@ def method_setup(method: str, cfg: HospitalExperimentConfig, env_params):
         fed_cfg = dataclasses.replace(cfg.fed, personal_layers=cfg.personal_layers)
     elif method == "fedavg_clustered":
         fed_cfg = dataclasses.replace(cfg.fed, num_clusters=cfg.num_clusters)
+    elif method == "fedavg_dropout":
+        fed_cfg = dataclasses.replace(cfg.fed, submodel_rate=cfg.submodel_rate)
     elif method in FEDERATED_METHODS:
         fed_cfg = cfg.fed
     else:
@@ -443,12 +459,13 @@ def heterogeneity_record(method: str, cfg: HospitalExperimentConfig,
 def method_aggregator(method: str, cfg: HospitalExperimentConfig) -> AggregatorConfig:
     """The aggregation of a federated method: ``cfg.aggregator`` for fedavg; b-bit quantized
     FedAvg (``cfg.quantize_bits``) for fedavg_quantized; FedNova for fednova; plain FedAvg for
-    fedper and fedavg_clustered (``cfg.aggregator`` configures the fedavg row only)."""
+    fedper, fedavg_clustered and fedavg_dropout (``cfg.aggregator`` configures the fedavg row
+    only)."""
     if method == "fedavg_quantized":
         return AggregatorConfig(kind="quantized", quantize_bits=cfg.quantize_bits)
     if method == "fednova":
         return AggregatorConfig(kind="fednova")
-    if method in PER_HOSPITAL_METHODS:
+    if method in PER_HOSPITAL_METHODS or method == "fedavg_dropout":
         return AggregatorConfig()
     return cfg.aggregator
 
@@ -486,6 +503,10 @@ def uplink_record(method: str, cfg: HospitalExperimentConfig, fed_cfg: Federated
                 "expected_uplink_bytes_per_round": None}
     agg_cfg = method_aggregator(method, cfg)
     sent = num_shared_params(model, fed_cfg.personal_layers)
+    kept = None
+    if fed_cfg.submodel_rate > 0:   # federated dropout: the sub-model goes both ways
+        kept = submodel.kept_units(cfg.dqn.hidden_sizes, fed_cfg.submodel_rate)
+        sent = submodel.num_submodel_params(hospital.OBS_DIM, kept, hospital.NUM_ACTIONS)
     per_party = uplink_bytes_per_party(agg_cfg, sent, fed_cfg.num_clusters)
     # stragglers (cap 0 under a deadline) never send: only the others count
     senders = float(np.mean(local_step_caps(fed_cfg, cfg.num_hospitals) > 0))
@@ -498,6 +519,9 @@ def uplink_record(method: str, cfg: HospitalExperimentConfig, fed_cfg: Federated
               "expected_uplink_bytes_per_round": per_party * expected}
     if method == "fedper":
         uplink.update(personal_layers=fed_cfg.personal_layers, uplink_num_params=sent)
+    if kept is not None:
+        uplink.update(submodel_rate=float(fed_cfg.submodel_rate), submodel_units=list(kept),
+                      uplink_num_params=sent)
     if method == "fedavg_clustered":
         uplink.update(num_clusters=fed_cfg.num_clusters,
                       cluster_assignment=[int(c) for c in np.asarray(state.clusters)])
@@ -629,6 +653,10 @@ def _uplink_format(m) -> str:
     d, bits = m["num_params"], m["uplink_bits_per_param"]
     if m["aggregator"] == "quantized":
         return f"{d:,} parameters at {bits} bits + float32 scale and weight"
+    if m.get("submodel_units") is not None:      # fedavg_dropout: the sub-model only
+        return (f"a sub-model of {m['uplink_num_params']:,} of {d:,} parameters (hidden "
+                f"units {m['submodel_units']}, {m['submodel_rate']:.0%} dropped) at {bits} bits; "
+                "the download is the same sub-model")
     if m.get("uplink_num_params") is not None:   # fedper: the head stays local
         return (f"{m['uplink_num_params']:,} shared of {d:,} parameters at {bits} bits; the "
                 f"last {m['personal_layers']} Dense layer(s) stay in the hospital")

@@ -77,15 +77,22 @@ class DQNConfig:
 
 
 class QNetwork(nn.Module):
-    """MLP Q-network: obs -> Q-values, ReLU hidden layers (the seed's 256-256 by default)."""
+    """MLP Q-network: obs -> Q-values, ReLU hidden layers (the seed's 256-256 by default).
+
+    ``activation_scales``: one factor per hidden layer multiplying its activations (None: no
+    scaling); federated dropout's sub-models use it for inverted-dropout scaling
+    (:mod:`fedrl.federated.submodel`)."""
     hidden_sizes: tuple[int, ...]
     num_actions: int
+    activation_scales: tuple[float, ...] | None = None
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         x = obs
-        for width in self.hidden_sizes:
+        for i, width in enumerate(self.hidden_sizes):
             x = nn.relu(nn.Dense(width)(x))
+            if self.activation_scales is not None:
+                x = x * self.activation_scales[i]
         return nn.Dense(self.num_actions)(x)
 
 

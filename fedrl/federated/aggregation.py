@@ -54,11 +54,16 @@ PyTree = Any
 class Cohort:
     """Stacked client updates (leading axis K), weights [K] and participation mask [K];
     ``local_updates`` [K], the number of local gradient steps behind each update, is needed by
-    FedNova's normalization only (None elsewhere)."""
+    FedNova's normalization only (None elsewhere). ``coverage`` (same structure as
+    ``updates``, 1.0 / 0.0 per client and coordinate, or None: every client covers every
+    coordinate) marks the coordinates each client trained under federated dropout
+    (:mod:`fedrl.federated.submodel`); :func:`weighted_mean` then averages each coordinate over
+    the clients that cover it."""
     updates: PyTree
     weights: jax.Array
     mask: jax.Array
     local_updates: jax.Array | None = None
+    coverage: PyTree | None = None
 
 
 class AggregationTransform(NamedTuple):
@@ -72,11 +77,16 @@ class AggregationTransform(NamedTuple):
 
     ``min_participants``: below this many participants the transform aggregates nothing
     (secure aggregation aborts, :func:`secure_sum`); the federated round then keeps the
-    server as in a round without participants (unless ``releases_every_round``)."""
+    server as in a round without participants (unless ``releases_every_round``).
+
+    ``honours_coverage``: its mean reads ``Cohort.coverage`` (a per-coordinate mean over the
+    clients covering each coordinate, :func:`weighted_mean`); sums, fixed-denominator means and
+    secure means ignore it and treat uncovered coordinates as zero updates."""
     init: Callable[[PyTree], PyTree]
     update: Callable[[Any, PyTree, jax.Array], tuple[Any, PyTree]]
     releases_every_round: bool = False
     min_participants: int = 1
+    honours_coverage: bool = False
 
 
 def stateless(fn: Callable[[Any, jax.Array], Any]) -> AggregationTransform:
@@ -99,7 +109,8 @@ def chain(*transforms: AggregationTransform) -> AggregationTransform:
 
     return AggregationTransform(init, update,
                                 any(t.releases_every_round for t in transforms),
-                                max([1] + [t.min_participants for t in transforms]))
+                                max([1] + [t.min_participants for t in transforms]),
+                                any(t.honours_coverage for t in transforms))
 
 
 def _broadcast(vector: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -121,13 +132,24 @@ def weighted_sum(cohort: Cohort) -> PyTree:
 
 
 def weighted_mean() -> AggregationTransform:
-    """FedAvg's reduction: sum_k m_k w_k u_k / sum_k m_k w_k (zero when nobody participates)."""
+    """FedAvg's reduction: sum_k m_k w_k u_k / sum_k m_k w_k (zero when nobody participates).
+
+    With ``cohort.coverage`` c (federated dropout) the mean is per coordinate,
+    sum_k m_k w_k c_k u_k / sum_k m_k w_k c_k, zero where no participant covers it."""
     def fn(cohort: Cohort, key):
         del key
+        if cohort.coverage is not None:
+            coef = cohort.weights * cohort.mask
+
+            def mean(u, c):
+                num = jnp.sum(_broadcast(coef, u) * c * u, axis=0)
+                den = jnp.sum(_broadcast(coef, c) * c, axis=0)
+                return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0).astype(u.dtype)
+            return jax.tree.map(mean, cohort.updates, cohort.coverage)
         total = jnp.sum(cohort.weights * cohort.mask)
         safe = jnp.where(total > 0, total, 1.0)
         return jax.tree.map(lambda s: s / safe, weighted_sum(cohort))
-    return stateless(fn)
+    return stateless(fn)._replace(honours_coverage=True)
 
 
 def fedavg() -> AggregationTransform:

@@ -54,6 +54,14 @@ default, the default round being bit-identical to the round without them):
   (:func:`party_staleness`, from its speed) and its update is scaled by (1 + s_k)^-a
   (:func:`staleness_weight`) before the aggregation.
 
+Federated Dropout (Caldas et al., arXiv:1812.07210, 2018; seed 000's "train smaller
+subnetworks"; off by default): with ``submodel_rate`` = p > 0 each selected party trains a
+sub-model keeping round((1 - p) * width) random units of every hidden layer (drawn per party and
+round); its weights, target network and Adam moments are cut out of the full ones before local
+training and written back after it, so its update is zero outside the sub-model; the
+aggregation averages each coordinate over the parties that trained it (``coverage``) or counts
+the others as zero updates (``zero_fill``). See :mod:`fedrl.federated.submodel`.
+
 Two non-IID variants (both off by default; the default round is bit-identical to the round
 without them):
 
@@ -90,7 +98,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fedrl.agents.dqn import DQN, DQNState, EnvFns, tree_select
 from fedrl.config import require, require_in_range, require_positive
-from fedrl.federated import clustering, personalization
+from fedrl.federated import clustering, personalization, submodel
 from fedrl.federated.aggregation import (AggregationTransform, Cohort, finite_updates,
                                          fedadam_optimizer, fedavg, fedavgm_optimizer,
                                          server_update)
@@ -149,6 +157,16 @@ class FederatedConfig:
     # 0 = synchronous rounds; at most num_rounds.
     max_staleness: int = 0
     staleness_exponent: float = 0.5
+    # Federated Dropout (Caldas et al. 2018, seed 000's "train smaller subnetworks"): each
+    # selected party trains a sub-model that keeps round((1 - rate) * width) random units of
+    # every hidden layer, drawn per party and round; 0 = off (the full model). Coverage: each
+    # coordinate is averaged over the parties that trained it; zero_fill: an untrained
+    # coordinate counts as a zero update (needed by DP and secure aggregation). Rescale: the
+    # kept activations are scaled by width / kept while training (inverted dropout). All three
+    # [reconstructed]; see fedrl/federated/submodel.py.
+    submodel_rate: float = 0.0
+    submodel_aggregation: Literal["coverage", "zero_fill"] = "coverage"
+    submodel_rescale: bool = True
 
     def validate(self) -> None:
         require(self.num_rounds >= 1, f"fed.num_rounds must be >= 1, got {self.num_rounds}")
@@ -202,6 +220,23 @@ class FederatedConfig:
                 "fed.max_staleness > 0 (asynchronous aggregation) with fed.personal_layers / "
                 "fed.num_clusters is not implemented (a local-only run, fed.aggregation="
                 "'none', ignores it: nothing is shared)")
+        require(isinstance(self.submodel_rate, (int, float))
+                and not isinstance(self.submodel_rate, bool)
+                and 0.0 <= self.submodel_rate < 1.0,
+                f"fed.submodel_rate must be a number in [0, 1) (the share of hidden units each "
+                f"party's sub-model drops; 0 = off), got {self.submodel_rate!r}")
+        require(self.submodel_aggregation in ("coverage", "zero_fill"),
+                f"fed.submodel_aggregation must be 'coverage' or 'zero_fill', got "
+                f"{self.submodel_aggregation!r}")
+        require(isinstance(self.submodel_rescale, bool),
+                f"fed.submodel_rescale must be true or false, got {self.submodel_rescale!r}")
+        require(self.submodel_rate == 0 or (self.aggregation == "fedavg"
+                                            and self.personal_layers == 0
+                                            and self.num_clusters == 1
+                                            and self.max_staleness == 0),
+                "fed.submodel_rate > 0 (federated dropout) needs fed.aggregation='fedavg' and is "
+                "not implemented with fed.personal_layers, fed.num_clusters or "
+                "fed.max_staleness")
         require(self.personal_layers == 0 or self.num_clusters == 1,
                 "fed.personal_layers > 0 with fed.num_clusters > 1 (FedPer heads inside IFCA "
                 "clusters) is not implemented: use one of them")
@@ -452,10 +487,21 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
                                   jax.random.key(0))
         mask = personalization.personal_mask(abstract, cfg.personal_layers)
 
+    # Federated dropout: the parties train a smaller network (submodel.py).
+    dropout_units = federated and cfg.submodel_rate > 0
+    widths = tuple(int(h) for h in dqn.config.hidden_sizes)
+    kept = submodel.kept_units(widths, cfg.submodel_rate) if dropout_units else widths
+    local_dqn = submodel.submodel_dqn(dqn, kept, cfg.submodel_rescale) if dropout_units else dqn
+    require(not dropout_units or cfg.submodel_aggregation == "zero_fill"
+            or aggregator.honours_coverage,
+            "fed.submodel_aggregation='coverage' needs an aggregator whose mean reads each "
+            "party's sub-model coverage (fedavg, quantized, fednova); DP and secure "
+            "aggregation sum zero-filled updates: set fed.submodel_aggregation='zero_fill'")
+
     def local_training(states: DQNState, params_env: PyTree, keys: jax.Array,
                        budgets: jax.Array):
-        return dqn.train_parties(env, states, params_env, keys, cfg.local_steps, budgets,
-                                 gating=cfg.update_gating, chunk=cfg.party_chunk)
+        return local_dqn.train_parties(env, states, params_env, keys, cfg.local_steps, budgets,
+                                       gating=cfg.update_gating, chunk=cfg.party_chunk)
 
     local_training = split_leading(local_training, mesh)
 
@@ -586,6 +632,15 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             # agent's own schedule syncs it and a round boundary means nothing to it.)
             selected = selected.replace(target_params=selected.params)
 
+        if dropout_units:
+            # Federated dropout: each party gets its own sub-model (units drawn per party and
+            # round); its weights, target and Adam moments are cut out of the full ones.
+            k_units = jax.random.fold_in(rkey, submodel.SUBMODEL_KEY_SALT)
+            units = jax.vmap(lambda i: submodel.sample_units(
+                jax.random.fold_in(k_units, i), widths, kept))(idx)
+            full = selected
+            selected = jax.vmap(_cut_submodel)(full, units)
+
         # 3. Local training of the whole cohort at once. Parties that Poisson sampling left out
         # train too and are discarded below: the cohort then shares one update schedule, which is
         # much cheaper than masking them step by step (see DQN.train_parties).
@@ -593,6 +648,13 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         inputs = (selected, _take(env_params, idx), party_keys, budget)
         # (padding copies the buffers: static, only when there is padding)
         trained, summary = unpad_leading(local_training(*pad_leading(inputs, padded)), cohort)
+        coverage = None
+        if dropout_units:
+            # Back into the full model's coordinates: outside its sub-model a party's weights
+            # stay the broadcast ones, so its update there is exactly zero.
+            trained = jax.vmap(_paste_submodel)(trained, full, units)
+            if cfg.submodel_aggregation == "coverage":
+                coverage = jax.vmap(submodel.coverage)(full.params, units)
         # Unsampled parties sit the round out: they keep their own weights, target, optimizer,
         # environment and buffer from before the broadcast (as a party outside a fixed cohort)
         trained = tree_select(sampled, trained, before)
@@ -653,7 +715,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             weights = summary["transitions"].astype(jnp.float32)
             delta, agg_state = aggregator.update(
                 Cohort(updates=deltas, weights=weights, mask=participating,
-                       local_updates=summary["updates"]), agg_state, k_agg)
+                       local_updates=summary["updates"], coverage=coverage), agg_state, k_agg)
             global_params, server_opt_state = server_update(
                 global_params, delta, server_opt_state, server_opt)
         if federated and not clustered and not aggregator.releases_every_round:
@@ -701,6 +763,23 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             new_state = new_state.replace(clusters=clusters)
             metrics.update(metrics_extra, clusters=clusters)
         return new_state, metrics
+
+    def _cut_submodel(party: DQNState, units) -> DQNState:
+        """One party's state with its sub-model's weights, target and optimizer moments."""
+        structure = jax.tree.structure(party.params)
+        cut = lambda p: submodel.extract(p, units)
+        return party.replace(params=cut(party.params), target_params=cut(party.target_params),
+                             opt_state=submodel.map_params_like(cut, party.opt_state, structure))
+
+    def _paste_submodel(trained: DQNState, full: DQNState, units) -> DQNState:
+        """The trained sub-model written back into the party's full-size state."""
+        structure = jax.tree.structure(full.params)
+        paste = lambda sub, whole: submodel.embed(sub, whole, units)
+        return trained.replace(
+            params=paste(trained.params, full.params),
+            target_params=paste(trained.target_params, full.target_params),
+            opt_state=submodel.map_params_like2(paste, trained.opt_state, full.opt_state,
+                                                structure))
 
     return FederatedRound(init=jax.jit(init), step=jax.jit(step, donate_argnums=0),
                           num_parties=num_parties, cohort_size=cohort, num_devices=num_devices)

@@ -1,5 +1,5 @@
 """End-to-end smoke run of the hospital experiment's opt-in methods (fedper, fedavg_clustered,
-fednova, fedavg_quantized) under a round deadline: each one trains, is evaluated and reaches the
+fednova, fedavg_quantized, fedavg_dropout) under a round deadline: each one trains, is evaluated and reaches the
 table with its own record (uplink, clusters, local-step caps). The other hospital tests check
 their setup without training."""
 import json
@@ -8,7 +8,7 @@ import math
 from experiments import hospital
 from experiments.common import execute
 
-METHODS = ("fedper", "fedavg_clustered", "fednova", "fedavg_quantized")
+METHODS = ("fedper", "fedavg_clustered", "fednova", "fedavg_quantized", "fedavg_dropout")
 
 
 def test_opt_in_methods_train_and_reach_the_table(tmp_path):
@@ -27,6 +27,14 @@ def test_opt_in_methods_train_and_reach_the_table(tmp_path):
     assert m["fedavg_quantized"]["uplink_bits_per_param"] == 8
     assert m["fedper"]["uplink_num_params"] < m["fedper"]["num_params"]   # the head stays home
     assert m["fedavg_clustered"]["num_clusters"] == 2
+    # federated dropout at 25 %: 24 of the smoke network's 32 units per hidden layer travel
+    assert m["fedavg_dropout"]["submodel_units"] == [24, 24]
+    assert m["fedavg_dropout"]["uplink_num_params"] == (hospital.hospital.OBS_DIM * 24 + 24
+                                                        + 24 * 24 + 24
+                                                        + 24 * hospital.hospital.NUM_ACTIONS
+                                                        + hospital.hospital.NUM_ACTIONS)
+    assert m["fedavg_dropout"]["uplink_bytes_per_party_round"] == \
+        4 * (m["fedavg_dropout"]["uplink_num_params"] + 1)
     clusters = results["cluster_assignments"]["fedavg_clustered"]
     assert len(clusters) == 2 and set(clusters) <= {0, 1}
     # FedPer's and IFCA's hospitals act with their own models: evaluated per hospital

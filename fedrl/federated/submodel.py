@@ -1,0 +1,161 @@
+"""Federated Dropout: each party trains a smaller sub-model of the global Q-network.
+
+Caldas, Konecny, McMahan, Talwalkar, "Expanding the Reach of Federated Learning by Reducing
+Client Resource Requirements", arXiv:1812.07210, 2018 (seed 000's "Federated Dropout: train
+smaller subnetworks"). Each round the server picks, for every selected party, a fixed fraction
+``rate`` of the units of every hidden layer to drop (structured dropout: a dropped unit takes
+its column of the layer's kernel, its bias and its row of the next layer's kernel with it; the
+input and output layers keep all their units). The party receives the smaller network, trains
+it locally (fewer FLOPs, a smaller optimizer state) and sends back the update of the
+sub-model's parameters only; the server maps it back into the global model's coordinates.
+
+Choices the paper leaves open, each a knob of :class:`~fedrl.federated.round.FederatedConfig`
+[reconstructed]:
+
+* **Which units.** Every party draws its own uniformly random subset each round
+  (``fold_in`` of the round key with the party id), the same number of units in every party.
+* **Scaling** (``fed.submodel_rescale``, default True): the kept activations of hidden layer
+  l are multiplied by ``width_l / kept_l`` while the party trains (inverted dropout,
+  Srivastava et al. 2014), so that the sub-model's pre-activations start as an estimate of the
+  full model's; the global model is evaluated and served without any scaling. False trains the
+  sub-network as it is.
+* **Aggregation** (``fed.submodel_aggregation``): ``"coverage"`` (default) averages each
+  coordinate over the participating parties whose sub-model holds it (weights as the
+  aggregator's mean; a coordinate nobody trained keeps its value); ``"zero_fill"`` treats a
+  coordinate outside a party's sub-model as a zero update and averages over every participant
+  (a dropped coordinate's update shrinks by the share of parties that dropped it). DP and
+  secure aggregation sum the zero-filled updates (their sensitivity and masking are unchanged:
+  a zero-filled update is an ordinary update inside the clip ball) and need ``"zero_fill"``.
+* **Optimizer state and target network.** A party keeps full-size Adam moments and target
+  network between rounds; each round the sub-model's coordinates are cut out of them and
+  written back after training (the other coordinates keep their values).
+
+The sub-model is a plain smaller network (static shapes: ``kept_l`` units in hidden layer l),
+cut out of the full one with gathers and written back with scatters; under ``vmap`` each party
+has its own unit indices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from fedrl.agents.dqn import DQN, QNetwork
+from fedrl.config import require
+
+PyTree = Any
+Units = tuple  # one [kept_l] int32 array of unit indices per hidden layer
+
+# fold_in salt of the sub-model draw (keeps the round's other keys as they were).
+SUBMODEL_KEY_SALT = 0x5D40
+
+
+def kept_units(hidden_sizes: Sequence[int], rate: float) -> tuple[int, ...]:
+    """Units each hidden layer keeps when a fraction ``rate`` is dropped:
+    ``round((1 - rate) * width)``, at least 1."""
+    require(0.0 <= rate < 1.0, f"fed.submodel_rate must be in [0, 1), got {rate!r}")
+    return tuple(max(1, int(round((1.0 - rate) * int(h)))) for h in hidden_sizes)
+
+
+def sample_units(key: jax.Array, hidden_sizes: Sequence[int], kept: Sequence[int]) -> Units:
+    """One uniformly random subset of ``kept[l]`` of the ``hidden_sizes[l]`` units per hidden
+    layer (sorted indices; layer l draws with ``fold_in(key, l)``)."""
+    return tuple(jnp.sort(jax.random.permutation(jax.random.fold_in(key, l), int(h))[:int(k)])
+                 .astype(jnp.int32)
+                 for l, (h, k) in enumerate(zip(hidden_sizes, kept)))
+
+
+def _dense_layers(params: PyTree) -> list[str]:
+    layers = params["params"]
+    names = sorted(layers, key=lambda n: int(n.rsplit("_", 1)[1]))
+    require(all(n.startswith("Dense_") for n in names),
+            f"federated dropout expects an MLP of Dense layers, got layers {names}")
+    return names
+
+
+def _slices(num_layers: int, units: Units):
+    """(rows, cols) index arrays or None (all) of each Dense layer's kernel."""
+    require(len(units) == num_layers - 1,
+            f"{len(units)} hidden-layer unit sets for a network of {num_layers} Dense layers")
+    rows = (None,) + tuple(units)
+    cols = tuple(units) + (None,)
+    return rows, cols
+
+
+def extract(params: PyTree, units: Units) -> PyTree:
+    """The sub-model's parameters: each hidden layer's kept units (kernel columns and bias)
+    and, in the next layer, the kernel rows that read them."""
+    names = _dense_layers(params)
+    rows, cols = _slices(len(names), units)
+    out = {}
+    for name, r, c in zip(names, rows, cols):
+        kernel, bias = params["params"][name]["kernel"], params["params"][name]["bias"]
+        if r is not None:
+            kernel = kernel[r]
+        if c is not None:
+            kernel, bias = kernel[:, c], bias[c]
+        out[name] = {"kernel": kernel, "bias": bias}
+    return {"params": out}
+
+
+def embed(sub: PyTree, full: PyTree, units: Units) -> PyTree:
+    """``full`` with the sub-model's coordinates replaced by ``sub`` (the inverse of
+    :func:`extract` on those coordinates; every other coordinate of ``full`` is kept)."""
+    names = _dense_layers(full)
+    rows, cols = _slices(len(names), units)
+    out = {}
+    for name, r, c in zip(names, rows, cols):
+        kernel = full["params"][name]["kernel"]
+        bias = full["params"][name]["bias"]
+        sk, sb = sub["params"][name]["kernel"], sub["params"][name]["bias"]
+        r_idx = jnp.arange(kernel.shape[0]) if r is None else r
+        c_idx = jnp.arange(kernel.shape[1]) if c is None else c
+        kernel = kernel.at[r_idx[:, None], c_idx[None, :]].set(sk)
+        bias = bias.at[c_idx].set(sb)
+        out[name] = {"kernel": kernel, "bias": bias}
+    return {"params": out}
+
+
+def coverage(full: PyTree, units: Units) -> PyTree:
+    """1.0 on the coordinates of ``full`` that the sub-model holds, 0.0 elsewhere."""
+    zeros = jax.tree.map(jnp.zeros_like, full)
+    return embed(jax.tree.map(jnp.ones_like, extract(full, units)), zeros, units)
+
+
+def _is_params_like(structure):
+    return lambda node: jax.tree.structure(node) == structure
+
+
+def map_params_like(fn, tree: PyTree, params_structure) -> PyTree:
+    """Apply ``fn`` to every subtree of ``tree`` shaped like the parameters (an optimizer
+    state's moments, say) and keep every other leaf (step counts) as it is."""
+    like = _is_params_like(params_structure)
+    return jax.tree.map(lambda node: fn(node) if like(node) else node, tree, is_leaf=like)
+
+
+def map_params_like2(fn, tree: PyTree, other: PyTree, params_structure) -> PyTree:
+    """:func:`map_params_like` over two states of the same structure: ``fn(node, other_node)``
+    on parameter-shaped subtrees; the other leaves are taken from ``tree``."""
+    like = _is_params_like(params_structure)
+    return jax.tree.map(lambda a, b: fn(a, b) if like(a) else a, tree, other, is_leaf=like)
+
+
+def submodel_dqn(dqn: DQN, kept: Sequence[int], rescale: bool) -> DQN:
+    """The DQN a party trains under federated dropout: ``kept`` hidden units per layer, the
+    same optimizer and config otherwise; with ``rescale`` the hidden activations are scaled
+    by width / kept (inverted dropout)."""
+    widths = tuple(int(h) for h in dqn.config.hidden_sizes)
+    kept = tuple(int(k) for k in kept)
+    scales = tuple(w / k for w, k in zip(widths, kept)) if rescale else None
+    network = QNetwork(hidden_sizes=kept, num_actions=dqn.network.num_actions,
+                       activation_scales=scales)
+    config = dataclasses.replace(dqn.config, hidden_sizes=kept)
+    return DQN(config=config, network=network, optimizer=dqn.optimizer)
+
+
+def num_submodel_params(num_inputs: int, kept: Sequence[int], num_actions: int) -> int:
+    """Parameters of the sub-model (what a party receives and sends each round)."""
+    sizes = (int(num_inputs),) + tuple(int(k) for k in kept) + (int(num_actions),)
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))

@@ -1,0 +1,217 @@
+"""Federated Dropout (Caldas et al. 2018): sub-model extraction against a masked NumPy network,
+the coverage mean against a NumPy per-coordinate mean, and the federated round against a
+reconstruction from per-party sub-model training."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedrl.agents.dqn import DQNConfig, make_dqn
+from fedrl.config import ConfigError
+from fedrl.federated import submodel
+from fedrl.federated.aggregation import Cohort, dp_fedavg, fedavg, fednova, quantized_fedavg
+from fedrl.federated.round import FederatedConfig, make_federated_round
+from tests import toy_env
+
+DQN_CFG = DQNConfig(hidden_sizes=(8, 6), batch_size=8, buffer_capacity=200, learning_starts=16,
+                    epsilon_decay_steps=100, target_update_every=10, learning_rate=1e-2,
+                    gamma=0.5)
+STEPS = 40
+
+
+def _np(tree):
+    return jax.tree.map(lambda x: np.array(x, np.float64), tree)
+
+
+def _numpy_masked_q(params, obs, keep_masks, scales):
+    """Q-values of the FULL network with each hidden layer's dropped units zeroed and the kept
+    ones multiplied by ``scales[l]``: what the sub-model must compute."""
+    p = _np(params)["params"]
+    x = np.asarray(obs, np.float64)
+    for l, (m, s) in enumerate(zip(keep_masks, scales)):
+        x = np.maximum(x @ p[f"Dense_{l}"]["kernel"] + p[f"Dense_{l}"]["bias"], 0.0) * m * s
+    last = f"Dense_{len(keep_masks)}"
+    return x @ p[last]["kernel"] + p[last]["bias"]
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_submodel_computes_the_full_network_with_dropped_units(rescale):
+    dqn = make_dqn(DQN_CFG, 3)
+    params = dqn.init_params(jax.random.key(0), 5)
+    # non-zero biases, so that a misplaced bias would show
+    params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape),
+                          params)
+    kept = submodel.kept_units(DQN_CFG.hidden_sizes, 0.5)
+    assert kept == (4, 3)
+    units = submodel.sample_units(jax.random.key(2), DQN_CFG.hidden_sizes, kept)
+    assert [u.shape for u in units] == [(4,), (3,)]
+    assert all(len(set(np.asarray(u).tolist())) == len(u) for u in units)    # distinct units
+    sub_dqn = submodel.submodel_dqn(dqn, kept, rescale)
+    sub = submodel.extract(params, units)
+    obs = jax.random.normal(jax.random.key(3), (7, 5))
+    masks = [np.isin(np.arange(w), np.asarray(u)) for w, u in zip(DQN_CFG.hidden_sizes, units)]
+    scales = [w / k if rescale else 1.0 for w, k in zip(DQN_CFG.hidden_sizes, kept)]
+    np.testing.assert_allclose(sub_dqn.q_values(sub, obs),
+                               _numpy_masked_q(params, obs, masks, scales), rtol=1e-5, atol=1e-5)
+    # the sub-model is a smaller network of exactly num_submodel_params parameters
+    assert sum(x.size for x in jax.tree.leaves(sub)) == submodel.num_submodel_params(5, kept, 3) \
+        == 5 * 4 + 4 + 4 * 3 + 3 + 3 * 3 + 3
+
+
+def test_embed_inverts_extract_and_coverage_marks_the_submodel():
+    params = make_dqn(DQN_CFG, 3).init_params(jax.random.key(0), 5)
+    units = submodel.sample_units(jax.random.key(4), (8, 6), (5, 2))
+    sub = submodel.extract(params, units)
+    new_sub = jax.tree.map(lambda x: x + 1.0, sub)
+    pasted = submodel.embed(new_sub, params, units)
+    jax.tree.map(np.testing.assert_array_equal, submodel.extract(pasted, units), new_sub)
+    cov = submodel.coverage(params, units)
+    # exactly the sub-model's coordinates changed, and coverage marks exactly those
+    changed = jax.tree.map(lambda a, b: np.asarray(a != b, np.float32), pasted, params)
+    jax.tree.map(np.testing.assert_array_equal, changed, cov)
+    assert sum(float(np.sum(c)) for c in jax.tree.leaves(cov)) == \
+        submodel.num_submodel_params(5, (5, 2), 3)
+    # output layer: every action's column is kept, only the kept rows
+    np.testing.assert_array_equal(np.asarray(cov["params"]["Dense_2"]["kernel"]).any(axis=1),
+                                  np.isin(np.arange(6), np.asarray(units[1])))
+    assert submodel.kept_units((256, 256), 0.25) == (192, 192)
+    assert submodel.kept_units((3,), 0.9) == (1,)         # never fewer than one unit
+    with pytest.raises(ConfigError, match=r"fed.submodel_rate must be in \[0, 1\)"):
+        submodel.kept_units((8,), 1.0)
+
+
+def test_optimizer_moments_are_cut_and_pasted_with_the_weights():
+    dqn = make_dqn(DQN_CFG, 3)
+    params = dqn.init_params(jax.random.key(0), 5)
+    opt = dqn.optimizer.init(params)
+    opt = jax.tree.map(lambda x: x + 1.0 if x.dtype == jnp.float32 else x + 3, opt)
+    units = submodel.sample_units(jax.random.key(5), (8, 6), (4, 3))
+    structure = jax.tree.structure(params)
+    cut = submodel.map_params_like(lambda p: submodel.extract(p, units), opt, structure)
+    adam = cut[1][0]
+    assert jax.tree.map(jnp.shape, adam.mu) == jax.tree.map(
+        jnp.shape, submodel.extract(params, units))
+    assert int(adam.count) == 3                         # non-parameter leaves kept as they are
+    moved = jax.tree.map(lambda x: x * 2, cut)
+    back = submodel.map_params_like2(lambda s, f: submodel.embed(s, f, units), moved, opt,
+                                     structure)
+    cov = submodel.coverage(params, units)
+    for new, old in ((back[1][0].mu, opt[1][0].mu), (back[1][0].nu, opt[1][0].nu)):
+        jax.tree.map(lambda n, o, c: np.testing.assert_array_equal(
+            n, np.where(np.asarray(c) > 0, 2 * np.asarray(o), o)), new, old, cov)
+    assert int(back[1][0].count) == 6
+
+
+def test_coverage_mean_is_a_per_coordinate_weighted_mean():
+    rng = np.random.default_rng(0)
+    k, d = 5, 7
+    u = rng.normal(size=(k, d)).astype(np.float32)
+    cov = (rng.uniform(size=(k, d)) < 0.5).astype(np.float32)
+    cov[:, 0] = 0.0                                      # a coordinate nobody trained
+    cov[1:, 1] = 0.0                                     # ... and one only party 0 trained
+    w = rng.uniform(1, 3, size=k).astype(np.float32)
+    mask = np.array([True, True, False, True, True])
+    updates = {"a": jnp.asarray(u * cov)}                # zero-filled, as the round sends them
+    cohort = Cohort(updates=updates, weights=jnp.asarray(w), mask=jnp.asarray(mask),
+                    coverage={"a": jnp.asarray(cov)})
+    coef = (w * mask)[:, None] * cov
+    den = coef.sum(0)
+    expected = np.where(den > 0, (coef * u).sum(0) / np.where(den > 0, den, 1), 0.0)
+    out, _ = fedavg().update(cohort, fedavg().init(updates), jax.random.key(0))
+    np.testing.assert_allclose(out["a"], expected, rtol=1e-5, atol=1e-6)
+    assert float(out["a"][0]) == 0.0 and np.isclose(float(out["a"][1]), u[0, 1])
+    # without coverage: the plain weighted mean of the zero-filled updates (zero_fill)
+    plain, _ = fedavg().update(cohort.replace(coverage=None), fedavg().init(updates),
+                              jax.random.key(0))
+    np.testing.assert_allclose(plain["a"], ((w * mask)[:, None] * u * cov).sum(0)
+                               / (w * mask).sum(), rtol=1e-5, atol=1e-6)
+    assert fedavg().honours_coverage and quantized_fedavg(8).honours_coverage
+    assert fednova().honours_coverage and not dp_fedavg(1.0, 1.0, 2.0).honours_coverage
+
+
+@pytest.mark.parametrize("aggregation", ["coverage", "zero_fill"])
+def test_federated_dropout_round_matches_per_party_submodel_training(aggregation):
+    k, rate = 3, 0.5
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    cfg = FederatedConfig(num_rounds=2, local_steps=STEPS, submodel_rate=rate,
+                          submodel_aggregation=aggregation)
+    env_params = toy_env.stacked_params(k)
+    rnd = make_federated_round(dqn, toy_env.ENV, env_params, cfg)
+    kept = submodel.kept_units(DQN_CFG.hidden_sizes, rate)
+    sub_dqn = submodel.submodel_dqn(dqn, kept, rescale=True)
+    train = jax.jit(lambda s, keys: sub_dqn.train_parties(toy_env.ENV, s, env_params, keys,
+                                                          STEPS))
+    key = jax.random.key(11)
+    state = rnd.init(jax.random.key(0))
+    structure = jax.tree.structure(state.global_params)
+    for r in range(2):
+        before = state
+        g = _np(before.global_params)
+        rkey = jax.random.fold_in(key, r)
+        k_train = jax.random.split(rkey, 5)[3]
+        k_units = jax.random.fold_in(rkey, submodel.SUBMODEL_KEY_SALT)
+        parts, cov, trained_full = [], [], []
+        for i in range(k):
+            units = submodel.sample_units(jax.random.fold_in(k_units, i),
+                                          DQN_CFG.hidden_sizes, kept)
+            party = jax.tree.map(lambda x: x[i], before.parties)
+            start = before.global_params
+            cut = lambda p: submodel.extract(p, units)
+            parts.append((units, party.replace(
+                params=cut(start), target_params=cut(start),
+                opt_state=submodel.map_params_like(cut, party.opt_state, structure))))
+            cov.append(_np(submodel.coverage(start, units)))
+        stacked = jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p in parts])
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(jnp.arange(k))
+        expected, _ = train(stacked, keys)
+        for i, (units, _) in enumerate(parts):
+            trained_full.append(_np(submodel.embed(
+                jax.tree.map(lambda x: x[i], expected.params), before.global_params, units)))
+        state, metrics = rnd.step(state, key)
+        assert int(metrics["participants"]) == k
+        # each party keeps the global weights with its own trained sub-model pasted in
+        for i in range(k):
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),
+                         _np(state.parties.params), trained_full[i])
+        # NumPy FedAvg (equal weights: equal budgets) per coordinate over covering parties,
+        # or over every party with zero updates outside a sub-model
+        new = _np(state.global_params)
+        for leaf_i in range(len(jax.tree.leaves(g))):
+            g_leaf = jax.tree.leaves(g)[leaf_i]
+            deltas = np.stack([jax.tree.leaves(t)[leaf_i] - g_leaf for t in trained_full])
+            c = np.stack([jax.tree.leaves(cv)[leaf_i] for cv in cov])
+            assert np.all(deltas[c == 0] == 0.0)         # nothing moves outside a sub-model
+            if aggregation == "coverage":
+                n = c.sum(0)
+                mean = np.where(n > 0, deltas.sum(0) / np.maximum(n, 1), 0.0)
+            else:
+                mean = deltas.mean(0)
+            np.testing.assert_allclose(jax.tree.leaves(new)[leaf_i], g_leaf + mean,
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_federated_dropout_config_errors():
+    dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+
+    def build(aggregator=None, **kw):
+        make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(2), FederatedConfig(**kw),
+                             aggregator)
+    for kw, match in [({"submodel_rate": 1.0}, r"fed.submodel_rate must be a number in \[0, 1\)"),
+                      ({"submodel_rate": -0.1}, "fed.submodel_rate"),
+                      ({"submodel_rate": True}, "fed.submodel_rate"),
+                      ({"submodel_aggregation": "mean"}, "fed.submodel_aggregation must be"),
+                      ({"submodel_rescale": 1}, "fed.submodel_rescale must be true or false"),
+                      ({"submodel_rate": 0.5, "aggregation": "none"}, "aggregation='fedavg'"),
+                      ({"submodel_rate": 0.5, "personal_layers": 1}, "not implemented"),
+                      ({"submodel_rate": 0.5, "num_clusters": 2}, "not implemented")]:
+        with pytest.raises(ConfigError, match=match):
+            build(**kw)
+    # coverage needs a mean that reads it; DP sums zero-filled updates
+    with pytest.raises(ConfigError, match="submodel_aggregation='zero_fill'"):
+        build(dp_fedavg(1.0, 1.0, 2.0), submodel_rate=0.5, sampling="poisson",
+              sampling_rate=0.5)
+    build(dp_fedavg(1.0, 1.0, 2.0), submodel_rate=0.5, sampling="poisson", sampling_rate=0.5,
+          submodel_aggregation="zero_fill")
+    assert dataclasses.replace(FederatedConfig(), submodel_rate=0.25).submodel_rate == 0.25
