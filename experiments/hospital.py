@@ -34,10 +34,10 @@ Methods (same hospitals, same DQN, the same expected number of environment steps
   method but centralized then trains under those speeds, and each DQN row reports its
   per-hospital local steps per round (``local_step_caps``) and ``stragglers``;
 * ``fedavg_dropout`` (opt-in): Federated Dropout (Caldas et al. 2018), FedAvg's protocol and
-  key with each hospital training a sub-model that drops ``submodel_rate`` of every hidden
-  layer's units (drawn per hospital and round; ``fedrl.federated.submodel``), each coordinate
-  averaged over the hospitals that trained it; evaluated with the full global model. Its
-  uplink (and download) is the sub-model's parameters;
+  key with the hospitals training a sub-model that drops ``submodel_rate`` of every hidden
+  layer's units (``fed.submodel_draw``: one random subset per round by default;
+  ``fedrl.federated.submodel``); evaluated with the full global model. Its uplink (and
+  download) is the sub-model's parameters;
 * heuristics: FIFO, strict priority, c-mu, accumulating priority, classic MLFQ, random.
 
 Every federated method also reports its uplink: bytes per participating hospital per round
@@ -65,7 +65,7 @@ import numpy as np
 
 from experiments.common import Experiment, Report, RunContext, main, markdown_table
 from fedrl.agents.dqn import DQN, DQNConfig, EnvFns, make_dqn
-from fedrl.config import require
+from fedrl.config import require, require_in_range
 from fedrl.envs import hospital
 from fedrl.federated import aggregation, submodel
 from fedrl.federated.aggregation import AggregationTransform
@@ -151,10 +151,11 @@ class HospitalExperimentConfig:
         require("fedavg_clustered" not in self.methods or self.num_clusters <= self.num_hospitals,
                 f"num_clusters={self.num_clusters} exceeds num_hospitals={self.num_hospitals} "
                 "(a cluster could never have a member)")
-        require(isinstance(self.submodel_rate, (int, float))
-                and not isinstance(self.submodel_rate, bool) and 0 < self.submodel_rate < 1,
-                f"submodel_rate must be a number in (0, 1) (the share of hidden units each "
-                f"hospital's sub-model drops), got {self.submodel_rate!r}")
+        require(not isinstance(self.submodel_rate, (bool, np.bool_)),
+                f"submodel_rate must be a number (the share of hidden units each hospital's "
+                f"sub-model drops), got {self.submodel_rate!r}")
+        require_in_range("submodel_rate", self.submodel_rate, 0.0, 1.0, low_open=True,
+                         high_open=True)
         require(self.fed.personal_layers == 0 and self.fed.num_clusters == 1
                 and self.fed.submodel_rate == 0,
                 "set personal_layers / num_clusters / submodel_rate and add the fedper / "

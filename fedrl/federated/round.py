@@ -56,11 +56,12 @@ default, the default round being bit-identical to the round without them):
 
 Federated Dropout (Caldas et al., arXiv:1812.07210, 2018; seed 000's "train smaller
 subnetworks"; off by default): with ``submodel_rate`` = p > 0 each selected party trains a
-sub-model keeping round((1 - p) * width) random units of every hidden layer (drawn per party and
-round); its weights, target network and Adam moments are cut out of the full ones before local
-training and written back after it, so its update is zero outside the sub-model; the
-aggregation averages each coordinate over the parties that trained it (``coverage``) or counts
-the others as zero updates (``zero_fill``). See :mod:`fedrl.federated.submodel`.
+sub-model keeping round((1 - p) * width) random units of every hidden layer (one subset per
+round, or one per party and round); its weights, target network and Adam moments are cut out of
+the full ones before local training and written back after it, so its update is zero outside
+the sub-model; with per-party subsets the aggregation averages each coordinate over the parties
+that trained it (``coverage``) or counts the others as zero updates (``zero_fill``). See
+:mod:`fedrl.federated.submodel`.
 
 Two non-IID variants (both off by default; the default round is bit-identical to the round
 without them):
@@ -159,12 +160,14 @@ class FederatedConfig:
     staleness_exponent: float = 0.5
     # Federated Dropout (Caldas et al. 2018, seed 000's "train smaller subnetworks"): each
     # selected party trains a sub-model that keeps round((1 - rate) * width) random units of
-    # every hidden layer, drawn per party and round; 0 = off (the full model). Coverage: each
-    # coordinate is averaged over the parties that trained it; zero_fill: an untrained
-    # coordinate counts as a zero update (needed by DP and secure aggregation). Rescale: the
-    # kept activations are scaled by width / kept while training (inverted dropout). All three
-    # [reconstructed]; see fedrl/federated/submodel.py.
+    # every hidden layer; 0 = off (the full model). Draw: one subset per round shared by the
+    # cohort (per_round) or one per party and round (per_party). Coverage: each coordinate is
+    # averaged over the parties that trained it; zero_fill: an untrained coordinate counts as
+    # a zero update (needed by DP and secure aggregation; the same result under per_round).
+    # Rescale: the kept activations are scaled by width / kept while training (inverted
+    # dropout). All four [reconstructed]; see fedrl/federated/submodel.py.
     submodel_rate: float = 0.0
+    submodel_draw: Literal["per_round", "per_party"] = "per_round"
     submodel_aggregation: Literal["coverage", "zero_fill"] = "coverage"
     submodel_rescale: bool = True
 
@@ -220,15 +223,17 @@ class FederatedConfig:
                 "fed.max_staleness > 0 (asynchronous aggregation) with fed.personal_layers / "
                 "fed.num_clusters is not implemented (a local-only run, fed.aggregation="
                 "'none', ignores it: nothing is shared)")
-        require(isinstance(self.submodel_rate, (int, float))
-                and not isinstance(self.submodel_rate, bool)
-                and 0.0 <= self.submodel_rate < 1.0,
-                f"fed.submodel_rate must be a number in [0, 1) (the share of hidden units each "
-                f"party's sub-model drops; 0 = off), got {self.submodel_rate!r}")
+        require(not isinstance(self.submodel_rate, (bool, np.bool_)),
+                f"fed.submodel_rate must be a number (the share of hidden units each party's "
+                f"sub-model drops; 0 = off), got {self.submodel_rate!r}")
+        require_in_range("fed.submodel_rate", self.submodel_rate, 0.0, 1.0, high_open=True)
         require(self.submodel_aggregation in ("coverage", "zero_fill"),
                 f"fed.submodel_aggregation must be 'coverage' or 'zero_fill', got "
                 f"{self.submodel_aggregation!r}")
-        require(isinstance(self.submodel_rescale, bool),
+        require(self.submodel_draw in ("per_round", "per_party"),
+                f"fed.submodel_draw must be 'per_round' or 'per_party', got "
+                f"{self.submodel_draw!r}")
+        require(isinstance(self.submodel_rescale, (bool, np.bool_)),
                 f"fed.submodel_rescale must be true or false, got {self.submodel_rescale!r}")
         require(self.submodel_rate == 0 or (self.aggregation == "fedavg"
                                             and self.personal_layers == 0
@@ -491,12 +496,20 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
     dropout_units = federated and cfg.submodel_rate > 0
     widths = tuple(int(h) for h in dqn.config.hidden_sizes)
     kept = submodel.kept_units(widths, cfg.submodel_rate) if dropout_units else widths
+    require(not dropout_units or kept != widths,
+            f"fed.submodel_rate={cfg.submodel_rate} drops no unit of hidden layers {widths} "
+            f"(round((1 - rate) * width) = width for each): raise it, or set 0 for the full "
+            "model")
     local_dqn = submodel.submodel_dqn(dqn, kept, cfg.submodel_rescale) if dropout_units else dqn
-    require(not dropout_units or cfg.submodel_aggregation == "zero_fill"
-            or aggregator.honours_coverage,
+    # Under per_round every party covers the same coordinates: the coverage mean is the plain
+    # mean (zero on the dropped coordinates), so the coverage is not needed.
+    per_coordinate = (dropout_units and cfg.submodel_aggregation == "coverage"
+                      and cfg.submodel_draw == "per_party")
+    require(not per_coordinate or aggregator.honours_coverage,
             "fed.submodel_aggregation='coverage' needs an aggregator whose mean reads each "
             "party's sub-model coverage (fedavg, quantized, fednova); DP and secure "
-            "aggregation sum zero-filled updates: set fed.submodel_aggregation='zero_fill'")
+            "aggregation sum zero-filled updates: set fed.submodel_aggregation='zero_fill' (or "
+            "fed.submodel_draw='per_round', one sub-model for the whole cohort)")
 
     def local_training(states: DQNState, params_env: PyTree, keys: jax.Array,
                        budgets: jax.Array):
@@ -637,7 +650,8 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             # round); its weights, target and Adam moments are cut out of the full ones.
             k_units = jax.random.fold_in(rkey, submodel.SUBMODEL_KEY_SALT)
             units = jax.vmap(lambda i: submodel.sample_units(
-                jax.random.fold_in(k_units, i), widths, kept))(idx)
+                jax.random.fold_in(k_units, i) if cfg.submodel_draw == "per_party" else k_units,
+                widths, kept))(idx)
             full = selected
             selected = jax.vmap(_cut_submodel)(full, units)
 
@@ -653,7 +667,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             # Back into the full model's coordinates: outside its sub-model a party's weights
             # stay the broadcast ones, so its update there is exactly zero.
             trained = jax.vmap(_paste_submodel)(trained, full, units)
-            if cfg.submodel_aggregation == "coverage":
+            if per_coordinate:
                 coverage = jax.vmap(submodel.coverage)(full.params, units)
         # Unsampled parties sit the round out: they keep their own weights, target, optimizer,
         # environment and buffer from before the broadcast (as a party outside a fixed cohort)

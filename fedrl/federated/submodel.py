@@ -12,8 +12,12 @@ sub-model's parameters only; the server maps it back into the global model's coo
 Choices the paper leaves open, each a knob of :class:`~fedrl.federated.round.FederatedConfig`
 [reconstructed]:
 
-* **Which units.** Every party draws its own uniformly random subset each round
-  (``fold_in`` of the round key with the party id), the same number of units in every party.
+* **Which units** (``fed.submodel_draw``): ``"per_round"`` (default) draws one uniformly
+  random subset per round, shared by the whole cohort; ``"per_party"`` draws one per party and
+  round (``fold_in`` of the round key with the party id). The paper's text is not at hand here;
+  later work (Verardo et al., "Fast Server Learning Rate Tuning for Coded Federated Dropout",
+  arXiv:2201.11036, 2022) presents sub-models that differ between clients as its own
+  extension, hence the default. Every party keeps the same number of units either way.
 * **Scaling** (``fed.submodel_rescale``, default True): the kept activations of hidden layer
   l are multiplied by ``width_l / kept_l`` while the party trains (inverted dropout,
   Srivastava et al. 2014), so that the sub-model's pre-activations start as an estimate of the
@@ -21,11 +25,12 @@ Choices the paper leaves open, each a knob of :class:`~fedrl.federated.round.Fed
   sub-network as it is.
 * **Aggregation** (``fed.submodel_aggregation``): ``"coverage"`` (default) averages each
   coordinate over the participating parties whose sub-model holds it (weights as the
-  aggregator's mean; a coordinate nobody trained keeps its value); ``"zero_fill"`` treats a
+  aggregator's mean; a coordinate nobody trained gets a zero update); ``"zero_fill"`` treats a
   coordinate outside a party's sub-model as a zero update and averages over every participant
   (a dropped coordinate's update shrinks by the share of parties that dropped it). DP and
   secure aggregation sum the zero-filled updates (their sensitivity and masking are unchanged:
   a zero-filled update is an ordinary update inside the clip ball) and need ``"zero_fill"``.
+  Under ``"per_round"`` every party covers the same coordinates and the two coincide.
 * **Optimizer state and target network.** A party keeps full-size Adam moments and target
   network between rounds; each round the sub-model's coordinates are cut out of them and
   written back after training (the other coordinates keep their values).
@@ -43,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from fedrl.agents.dqn import DQN, QNetwork
-from fedrl.config import require
+from fedrl.config import require, require_in_range
 
 PyTree = Any
 Units = tuple  # one [kept_l] int32 array of unit indices per hidden layer
@@ -54,8 +59,8 @@ SUBMODEL_KEY_SALT = 0x5D40
 
 def kept_units(hidden_sizes: Sequence[int], rate: float) -> tuple[int, ...]:
     """Units each hidden layer keeps when a fraction ``rate`` is dropped:
-    ``round((1 - rate) * width)``, at least 1."""
-    require(0.0 <= rate < 1.0, f"fed.submodel_rate must be in [0, 1), got {rate!r}")
+    ``round((1 - rate) * width)`` (Python's round: halves to even), at least 1."""
+    require_in_range("fed.submodel_rate", rate, 0.0, 1.0, high_open=True)
     return tuple(max(1, int(round((1.0 - rate) * int(h)))) for h in hidden_sizes)
 
 
@@ -69,10 +74,9 @@ def sample_units(key: jax.Array, hidden_sizes: Sequence[int], kept: Sequence[int
 
 def _dense_layers(params: PyTree) -> list[str]:
     layers = params["params"]
-    names = sorted(layers, key=lambda n: int(n.rsplit("_", 1)[1]))
-    require(all(n.startswith("Dense_") for n in names),
-            f"federated dropout expects an MLP of Dense layers, got layers {names}")
-    return names
+    require(all(n.startswith("Dense_") and n[6:].isdigit() for n in layers),
+            f"federated dropout expects an MLP of Dense layers, got layers {list(layers)}")
+    return sorted(layers, key=lambda n: int(n[6:]))
 
 
 def _slices(num_layers: int, units: Units):

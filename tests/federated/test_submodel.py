@@ -2,6 +2,7 @@
 the coverage mean against a NumPy per-coordinate mean, and the federated round against a
 reconstruction from per-party sub-model training."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -78,7 +79,7 @@ def test_embed_inverts_extract_and_coverage_marks_the_submodel():
                                   np.isin(np.arange(6), np.asarray(units[1])))
     assert submodel.kept_units((256, 256), 0.25) == (192, 192)
     assert submodel.kept_units((3,), 0.9) == (1,)         # never fewer than one unit
-    with pytest.raises(ConfigError, match=r"fed.submodel_rate must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"fed.submodel_rate must lie in \[0.0, 1.0\)"):
         submodel.kept_units((8,), 1.0)
 
 
@@ -131,65 +132,134 @@ def test_coverage_mean_is_a_per_coordinate_weighted_mean():
     assert fednova().honours_coverage and not dp_fedavg(1.0, 1.0, 2.0).honours_coverage
 
 
-@pytest.mark.parametrize("aggregation", ["coverage", "zero_fill"])
-def test_federated_dropout_round_matches_per_party_submodel_training(aggregation):
-    k, rate = 3, 0.5
+@pytest.mark.parametrize("draw,aggregation,rescale,poisson", [
+    ("per_party", "coverage", True, False),
+    ("per_round", "zero_fill", False, True)])
+def test_federated_dropout_round_matches_per_party_submodel_training(draw, aggregation, rescale,
+                                                                     poisson):
+    k, rate = 4, 0.5
     dqn = make_dqn(DQN_CFG, toy_env.NUM_CONTEXTS)
+    # the second case: Poisson sampling and client dropout, so that some parties sit a round
+    # out (keeping their whole state) and some train but are not averaged
+    extra = dict(sampling="poisson", sampling_rate=0.7, dropout_rate=0.3) if poisson else {}
     cfg = FederatedConfig(num_rounds=2, local_steps=STEPS, submodel_rate=rate,
-                          submodel_aggregation=aggregation)
+                          submodel_draw=draw, submodel_aggregation=aggregation,
+                          submodel_rescale=rescale, **extra)
     env_params = toy_env.stacked_params(k)
     rnd = make_federated_round(dqn, toy_env.ENV, env_params, cfg)
     kept = submodel.kept_units(DQN_CFG.hidden_sizes, rate)
-    sub_dqn = submodel.submodel_dqn(dqn, kept, rescale=True)
+    sub_dqn = submodel.submodel_dqn(dqn, kept, rescale=rescale)
     train = jax.jit(lambda s, keys: sub_dqn.train_parties(toy_env.ENV, s, env_params, keys,
                                                           STEPS))
     key = jax.random.key(11)
     state = rnd.init(jax.random.key(0))
     structure = jax.tree.structure(state.global_params)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    seen = set()
     for r in range(2):
-        before = state
+        before = jax.tree.map(np.asarray, state)
         g = _np(before.global_params)
         rkey = jax.random.fold_in(key, r)
-        k_train = jax.random.split(rkey, 5)[3]
+        k_sample, _, k_drop, k_train, _ = jax.random.split(rkey, 5)
+        sampled = (np.asarray(jax.random.uniform(k_sample, (k,))) < cfg.sampling_rate
+                   if poisson else np.ones(k, bool))
+        survived = np.asarray(jax.random.uniform(k_drop, (k,))) >= cfg.dropout_rate
+        averaged = sampled & survived
         k_units = jax.random.fold_in(rkey, submodel.SUBMODEL_KEY_SALT)
-        parts, cov, trained_full = [], [], []
-        for i in range(k):
-            units = submodel.sample_units(jax.random.fold_in(k_units, i),
-                                          DQN_CFG.hidden_sizes, kept)
-            party = jax.tree.map(lambda x: x[i], before.parties)
-            start = before.global_params
-            cut = lambda p: submodel.extract(p, units)
-            parts.append((units, party.replace(
-                params=cut(start), target_params=cut(start),
-                opt_state=submodel.map_params_like(cut, party.opt_state, structure))))
-            cov.append(_np(submodel.coverage(start, units)))
-        stacked = jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p in parts])
+        units = [[np.asarray(u) for u in submodel.sample_units(
+            jax.random.fold_in(k_units, i) if draw == "per_party" else k_units,
+            DQN_CFG.hidden_sizes, kept)] for i in range(k)]
+        # Each party's sub-model cut out of the broadcast (NumPy indexing), trained alone.
+        cut = [functools.partial(_numpy_extract, units=u) for u in units]
+        parts = [jax.tree.map(lambda x: x[i], before.parties) for i in range(k)]
+        parts = [p.replace(params=cut[i](before.global_params),
+                           target_params=cut[i](before.global_params),
+                           opt_state=submodel.map_params_like(cut[i], p.opt_state, structure))
+                 for i, p in enumerate(parts)]
         keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(jnp.arange(k))
-        expected, _ = train(stacked, keys)
-        for i, (units, _) in enumerate(parts):
-            trained_full.append(_np(submodel.embed(
-                jax.tree.map(lambda x: x[i], expected.params), before.global_params, units)))
+        expected, _ = train(jax.tree.map(lambda *x: np.stack(x), *parts), keys)
+        mine = [jax.tree.map(lambda x: np.asarray(x[i]), expected) for i in range(k)]
+        trained_full = [_numpy_embed(mine[i].params, g, units[i]) for i in range(k)]
+        cov = [_numpy_embed(jax.tree.map(np.ones_like, cut[i](g)),
+                            jax.tree.map(np.zeros_like, g), units[i]) for i in range(k)]
         state, metrics = rnd.step(state, key)
-        assert int(metrics["participants"]) == k
-        # each party keeps the global weights with its own trained sub-model pasted in
+        after = jax.tree.map(np.asarray, state.parties)
+        assert int(metrics["participants"]) == int(averaged.sum())
         for i in range(k):
-            jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),
-                         _np(state.parties.params), trained_full[i])
-        # NumPy FedAvg (equal weights: equal budgets) per coordinate over covering parties,
-        # or over every party with zero updates outside a sub-model
+            mine_after = jax.tree.map(lambda x: x[i], after)
+            if not sampled[i]:       # sat the round out: its whole state as it was
+                jax.tree.map(np.testing.assert_array_equal, mine_after,
+                             jax.tree.map(lambda x: x[i], before.parties))
+                continue
+            seen.add("trained")
+            # the global weights (and target) with its own trained sub-model pasted in, and its
+            # Adam moments written back into its full-size ones (step count advanced)
+            jax.tree.map(close, _np(mine_after.params), trained_full[i])
+            jax.tree.map(close, _np(mine_after.target_params),
+                         _numpy_embed(mine[i].target_params, g, units[i]))
+            full_opt = jax.tree.map(lambda x: x[i], before.parties.opt_state)
+            jax.tree.map(close, jax.tree.map(np.asarray, mine_after.opt_state),
+                         submodel.map_params_like2(
+                             lambda a, b, u=units[i]: _numpy_embed(a, b, u),
+                             mine[i].opt_state, full_opt, structure))
+        # NumPy FedAvg (equal weights: equal budgets) over the averaged parties, per coordinate
+        # over those whose sub-model holds it, or with zero updates outside a sub-model
         new = _np(state.global_params)
         for leaf_i in range(len(jax.tree.leaves(g))):
             g_leaf = jax.tree.leaves(g)[leaf_i]
             deltas = np.stack([jax.tree.leaves(t)[leaf_i] - g_leaf for t in trained_full])
-            c = np.stack([jax.tree.leaves(cv)[leaf_i] for cv in cov])
-            assert np.all(deltas[c == 0] == 0.0)         # nothing moves outside a sub-model
+            c = np.stack([jax.tree.leaves(cv)[leaf_i] for cv in cov])[averaged]
+            deltas = deltas[averaged]
             if aggregation == "coverage":
                 n = c.sum(0)
                 mean = np.where(n > 0, deltas.sum(0) / np.maximum(n, 1), 0.0)
             else:
-                mean = deltas.mean(0)
-            np.testing.assert_allclose(jax.tree.leaves(new)[leaf_i], g_leaf + mean,
-                                       rtol=1e-5, atol=1e-6)
+                mean = deltas.mean(0) if len(deltas) else 0.0
+            close(jax.tree.leaves(new)[leaf_i], g_leaf + mean)
+            if draw == "per_round" and averaged.any():   # one sub-model: nothing else moves
+                np.testing.assert_array_equal(
+                    jax.tree.leaves(new)[leaf_i][c[0] == 0], g_leaf[c[0] == 0])
+        if poisson:
+            seen.add(("sampled", tuple(sampled), tuple(averaged)))
+    assert "trained" in seen
+    if poisson:   # the draws above did leave parties out of the sample and of the mean
+        rounds = [x for x in seen if x != "trained"]
+        assert any(not all(s) for _, s, _ in rounds)
+        assert any(a != s for _, s, a in rounds)
+
+
+def _numpy_index(num_layers, units):
+    rows = [None] + list(units)
+    cols = list(units) + [None]
+    return rows, cols
+
+
+def _numpy_extract(params, units):
+    """The sub-model by NumPy fancy indexing (independent of submodel.extract)."""
+    layers = params["params"]
+    rows, cols = _numpy_index(len(layers), units)
+    out = {}
+    for l, (r, c) in enumerate(zip(rows, cols)):
+        kernel, bias = np.asarray(layers[f"Dense_{l}"]["kernel"]), np.asarray(
+            layers[f"Dense_{l}"]["bias"])
+        r = np.arange(kernel.shape[0]) if r is None else r
+        c = np.arange(kernel.shape[1]) if c is None else c
+        out[f"Dense_{l}"] = {"kernel": kernel[np.ix_(r, c)], "bias": bias[c]}
+    return {"params": out}
+
+
+def _numpy_embed(sub, full, units):
+    rows, cols = _numpy_index(len(full["params"]), units)
+    out = {}
+    for l, (r, c) in enumerate(zip(rows, cols)):
+        kernel = np.array(full["params"][f"Dense_{l}"]["kernel"])
+        bias = np.array(full["params"][f"Dense_{l}"]["bias"])
+        r = np.arange(kernel.shape[0]) if r is None else r
+        c = np.arange(kernel.shape[1]) if c is None else c
+        kernel[np.ix_(r, c)] = sub["params"][f"Dense_{l}"]["kernel"]
+        bias[c] = sub["params"][f"Dense_{l}"]["bias"]
+        out[f"Dense_{l}"] = {"kernel": kernel, "bias": bias}
+    return {"params": out}
 
 
 def test_federated_dropout_config_errors():
@@ -198,9 +268,11 @@ def test_federated_dropout_config_errors():
     def build(aggregator=None, **kw):
         make_federated_round(dqn, toy_env.ENV, toy_env.stacked_params(2), FederatedConfig(**kw),
                              aggregator)
-    for kw, match in [({"submodel_rate": 1.0}, r"fed.submodel_rate must be a number in \[0, 1\)"),
+    for kw, match in [({"submodel_rate": 1.0}, r"fed.submodel_rate must lie in \[0.0, 1.0\)"),
                       ({"submodel_rate": -0.1}, "fed.submodel_rate"),
-                      ({"submodel_rate": True}, "fed.submodel_rate"),
+                      ({"submodel_rate": True}, "fed.submodel_rate must be a number"),
+                      ({"submodel_rate": 0.05}, r"drops no unit of hidden layers \(8, 6\)"),
+                      ({"submodel_draw": "per_step"}, "fed.submodel_draw must be"),
                       ({"submodel_aggregation": "mean"}, "fed.submodel_aggregation must be"),
                       ({"submodel_rescale": 1}, "fed.submodel_rescale must be true or false"),
                       ({"submodel_rate": 0.5, "aggregation": "none"}, "aggregation='fedavg'"),
@@ -211,7 +283,11 @@ def test_federated_dropout_config_errors():
     # coverage needs a mean that reads it; DP sums zero-filled updates
     with pytest.raises(ConfigError, match="submodel_aggregation='zero_fill'"):
         build(dp_fedavg(1.0, 1.0, 2.0), submodel_rate=0.5, sampling="poisson",
-              sampling_rate=0.5)
-    build(dp_fedavg(1.0, 1.0, 2.0), submodel_rate=0.5, sampling="poisson", sampling_rate=0.5,
-          submodel_aggregation="zero_fill")
+              sampling_rate=0.5, submodel_draw="per_party")
+    dp = dict(sampling="poisson", sampling_rate=0.5, submodel_rate=0.5)
+    build(dp_fedavg(1.0, 1.0, 2.0), submodel_aggregation="zero_fill", submodel_draw="per_party",
+          **dp)
+    build(dp_fedavg(1.0, 1.0, 2.0), **dp)        # per_round: one sub-model, nothing to cover
+    # NumPy scalars are numbers too
+    FederatedConfig(submodel_rate=np.float32(0.25), submodel_rescale=np.bool_(False)).validate()
     assert dataclasses.replace(FederatedConfig(), submodel_rate=0.25).submodel_rate == 0.25
