@@ -29,11 +29,16 @@ Choices the paper leaves open, each a knob of :class:`~fedrl.federated.round.Fed
   coordinate outside a party's sub-model as a zero update and averages over every participant
   (a dropped coordinate's update shrinks by the share of parties that dropped it). DP and
   secure aggregation sum the zero-filled updates (their sensitivity and masking are unchanged:
-  a zero-filled update is an ordinary update inside the clip ball) and need ``"zero_fill"``.
-  Under ``"per_round"`` every party covers the same coordinates and the two coincide.
+  a zero-filled update is an ordinary update inside the clip ball) and need ``"zero_fill"``
+  with per-party draws. Under ``"per_round"`` every party covers the same coordinates and the
+  two coincide (no coverage is computed). FedNova with coverage keeps one tau_eff over all
+  participants. A zero update leaves a coordinate as it was under the default server SGD;
+  FedAvgM's momentum and FedAdam's moments still move it.
 * **Optimizer state and target network.** A party keeps full-size Adam moments and target
   network between rounds; each round the sub-model's coordinates are cut out of them and
-  written back after training (the other coordinates keep their values).
+  written back after training (the other coordinates keep their values). Adam's step count is
+  one per party, so moments of coordinates left out of recent rounds are bias-corrected as if
+  updated.
 
 The sub-model is a plain smaller network (static shapes: ``kept_l`` units in hidden layer l),
 cut out of the full one with gathers and written back with scatters; under ``vmap`` each party
