@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "scripts" / "bench.py"
-DOCUMENTED = {"fed_dqn", "hospital_env", "dp_round", "secure_sum", "matching", "dispatch_day"}
+DOCUMENTED = {"fed_dqn", "fed_dropout", "hospital_env", "dp_round", "secure_sum", "matching",
+              "dispatch_day"}
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
