@@ -156,6 +156,14 @@ class HospitalExperimentConfig:
                 f"sub-model drops), got {self.submodel_rate!r}")
         require_in_range("submodel_rate", self.submodel_rate, 0.0, 1.0, low_open=True,
                          high_open=True)
+        if "fedavg_dropout" in self.methods:   # checked now, not after earlier methods trained
+            widths = tuple(int(h) for h in self.dqn.hidden_sizes)
+            require(submodel.kept_units(widths, self.submodel_rate) != widths,
+                    f"submodel_rate={self.submodel_rate} drops no unit of hidden layers {widths} "
+                    "(round((1 - rate) * width) = width for each): raise it")
+            require(self.fed.max_staleness == 0,
+                    "fed.max_staleness > 0 (asynchronous aggregation) is not implemented for "
+                    "fedavg_dropout: drop it from methods")
         require(self.fed.personal_layers == 0 and self.fed.num_clusters == 1
                 and self.fed.submodel_rate == 0,
                 "set personal_layers / num_clusters / submodel_rate and add the fedper / "

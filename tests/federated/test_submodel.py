@@ -291,3 +291,11 @@ def test_federated_dropout_config_errors():
     # NumPy scalars are numbers too
     FederatedConfig(submodel_rate=np.float32(0.25), submodel_rescale=np.bool_(False)).validate()
     assert dataclasses.replace(FederatedConfig(), submodel_rate=0.25).submodel_rate == 0.25
+
+
+def test_hospital_experiment_refuses_a_no_op_rate_before_training():
+    from experiments import hospital
+    cfg = dataclasses.replace(hospital.smoke(), methods=("fedavg", "fedavg_dropout"),
+                              submodel_rate=0.001)
+    with pytest.raises(ConfigError, match="submodel_rate=0.001 drops no unit"):
+        cfg.validate()
