@@ -157,10 +157,7 @@ class HospitalExperimentConfig:
         require_in_range("submodel_rate", self.submodel_rate, 0.0, 1.0, low_open=True,
                          high_open=True)
         if "fedavg_dropout" in self.methods:   # checked now, not after earlier methods trained
-            widths = tuple(int(h) for h in self.dqn.hidden_sizes)
-            require(submodel.kept_units(widths, self.submodel_rate) != widths,
-                    f"submodel_rate={self.submodel_rate} drops no unit of hidden layers {widths} "
-                    "(round((1 - rate) * width) = width for each): raise it")
+            submodel.dropping_units(self.dqn.hidden_sizes, self.submodel_rate, "submodel_rate")
             require(self.fed.max_staleness == 0,
                     "fed.max_staleness > 0 (asynchronous aggregation) is not implemented for "
                     "fedavg_dropout: drop it from methods")
@@ -515,7 +512,7 @@ def uplink_record(method: str, cfg: HospitalExperimentConfig, fed_cfg: Federated
     kept = None
     if fed_cfg.submodel_rate > 0:   # federated dropout: the sub-model goes both ways
         kept = submodel.kept_units(cfg.dqn.hidden_sizes, fed_cfg.submodel_rate)
-        sent = submodel.num_submodel_params(hospital.OBS_DIM, kept, hospital.NUM_ACTIONS)
+        sent = submodel.num_submodel_params(model, kept)
     per_party = uplink_bytes_per_party(agg_cfg, sent, fed_cfg.num_clusters)
     # stragglers (cap 0 under a deadline) never send: only the others count
     senders = float(np.mean(local_step_caps(fed_cfg, cfg.num_hospitals) > 0))

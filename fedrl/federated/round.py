@@ -495,11 +495,8 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
     # Federated dropout: the parties train a smaller network (submodel.py).
     dropout_units = federated and cfg.submodel_rate > 0
     widths = tuple(int(h) for h in dqn.config.hidden_sizes)
-    kept = submodel.kept_units(widths, cfg.submodel_rate) if dropout_units else widths
-    require(not dropout_units or kept != widths,
-            f"fed.submodel_rate={cfg.submodel_rate} drops no unit of hidden layers {widths} "
-            f"(round((1 - rate) * width) = width for each): raise it, or set 0 for the full "
-            "model")
+    kept = (submodel.dropping_units(widths, cfg.submodel_rate, "fed.submodel_rate")
+            if dropout_units else widths)
     local_dqn = submodel.submodel_dqn(dqn, kept, cfg.submodel_rescale) if dropout_units else dqn
     # Under per_round every party covers the same coordinates: the coverage mean is the plain
     # mean (zero on the dropped coordinates), so the coverage is not needed.
@@ -646,14 +643,16 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             selected = selected.replace(target_params=selected.params)
 
         if dropout_units:
-            # Federated dropout: each party gets its own sub-model (units drawn per party and
-            # round); its weights, target and Adam moments are cut out of the full ones.
+            # Federated dropout: the parties get their sub-models (one drawn for the round, or
+            # one per party); weights, target and Adam moments are cut out of the full ones.
             k_units = jax.random.fold_in(rkey, submodel.SUBMODEL_KEY_SALT)
-            units = jax.vmap(lambda i: submodel.sample_units(
-                jax.random.fold_in(k_units, i) if cfg.submodel_draw == "per_party" else k_units,
-                widths, kept))(idx)
+            if cfg.submodel_draw == "per_party":
+                units = jax.vmap(lambda i: submodel.sample_units(
+                    jax.random.fold_in(k_units, i), widths, kept))(idx)
+            else:
+                units = _broadcast(submodel.sample_units(k_units, widths, kept), cohort)
             full = selected
-            selected = jax.vmap(_cut_submodel)(full, units)
+            selected = jax.vmap(submodel.cut_state)(full, units)
 
         # 3. Local training of the whole cohort at once. Parties that Poisson sampling left out
         # train too and are discarded below: the cohort then shares one update schedule, which is
@@ -666,7 +665,7 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
         if dropout_units:
             # Back into the full model's coordinates: outside its sub-model a party's weights
             # stay the broadcast ones, so its update there is exactly zero.
-            trained = jax.vmap(_paste_submodel)(trained, full, units)
+            trained = jax.vmap(submodel.paste_state)(trained, full, units)
             if per_coordinate:
                 coverage = jax.vmap(submodel.coverage)(full.params, units)
         # Unsampled parties sit the round out: they keep their own weights, target, optimizer,
@@ -777,23 +776,6 @@ def make_federated_round(dqn: DQN, env: EnvFns, env_params: PyTree, cfg: Federat
             new_state = new_state.replace(clusters=clusters)
             metrics.update(metrics_extra, clusters=clusters)
         return new_state, metrics
-
-    def _cut_submodel(party: DQNState, units) -> DQNState:
-        """One party's state with its sub-model's weights, target and optimizer moments."""
-        structure = jax.tree.structure(party.params)
-        cut = lambda p: submodel.extract(p, units)
-        return party.replace(params=cut(party.params), target_params=cut(party.target_params),
-                             opt_state=submodel.map_params_like(cut, party.opt_state, structure))
-
-    def _paste_submodel(trained: DQNState, full: DQNState, units) -> DQNState:
-        """The trained sub-model written back into the party's full-size state."""
-        structure = jax.tree.structure(full.params)
-        paste = lambda sub, whole: submodel.embed(sub, whole, units)
-        return trained.replace(
-            params=paste(trained.params, full.params),
-            target_params=paste(trained.target_params, full.target_params),
-            opt_state=submodel.map_params_like2(paste, trained.opt_state, full.opt_state,
-                                                structure))
 
     return FederatedRound(init=jax.jit(init), step=jax.jit(step, donate_argnums=0),
                           num_parties=num_parties, cohort_size=cohort, num_devices=num_devices)

@@ -52,7 +52,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from fedrl.agents.dqn import DQN, QNetwork
+from fedrl.agents.dqn import DQN, DQNState, QNetwork
 from fedrl.config import require, require_in_range
 
 PyTree = Any
@@ -67,6 +67,17 @@ def kept_units(hidden_sizes: Sequence[int], rate: float) -> tuple[int, ...]:
     ``round((1 - rate) * width)`` (Python's round: halves to even), at least 1."""
     require_in_range("fed.submodel_rate", rate, 0.0, 1.0, high_open=True)
     return tuple(max(1, int(round((1.0 - rate) * int(h)))) for h in hidden_sizes)
+
+
+def dropping_units(hidden_sizes: Sequence[int], rate: float, setting: str) -> tuple[int, ...]:
+    """:func:`kept_units`, refusing a ``rate`` (named ``setting`` in the message) that drops no
+    unit of any layer: such a "sub-model" is the full model."""
+    widths = tuple(int(h) for h in hidden_sizes)
+    kept = kept_units(widths, rate)
+    require(kept != widths,
+            f"{setting}={rate} drops no unit of hidden layers {widths} (round((1 - rate) * "
+            "width) = width for each): raise it")
+    return kept
 
 
 def sample_units(key: jax.Array, hidden_sizes: Sequence[int], kept: Sequence[int]) -> Units:
@@ -133,22 +144,32 @@ def coverage(full: PyTree, units: Units) -> PyTree:
     return embed(jax.tree.map(jnp.ones_like, extract(full, units)), zeros, units)
 
 
-def _is_params_like(structure):
-    return lambda node: jax.tree.structure(node) == structure
+def map_params_like(fn, params_structure, tree: PyTree, *others: PyTree) -> PyTree:
+    """``fn(node, *other_nodes)`` on every subtree of ``tree`` shaped like the parameters (an
+    optimizer state's moments, say; ``others`` have ``tree``'s structure); every other leaf
+    (step counts) is taken from ``tree`` as it is."""
+    like = lambda node: jax.tree.structure(node) == params_structure
+    return jax.tree.map(lambda node, *rest: fn(node, *rest) if like(node) else node, tree,
+                        *others, is_leaf=like)
 
 
-def map_params_like(fn, tree: PyTree, params_structure) -> PyTree:
-    """Apply ``fn`` to every subtree of ``tree`` shaped like the parameters (an optimizer
-    state's moments, say) and keep every other leaf (step counts) as it is."""
-    like = _is_params_like(params_structure)
-    return jax.tree.map(lambda node: fn(node) if like(node) else node, tree, is_leaf=like)
+def cut_state(party: DQNState, units: Units) -> DQNState:
+    """One party's state with its sub-model's weights, target network and optimizer moments."""
+    cut = lambda p: extract(p, units)
+    return party.replace(params=cut(party.params), target_params=cut(party.target_params),
+                         opt_state=map_params_like(cut, jax.tree.structure(party.params),
+                                                   party.opt_state))
 
 
-def map_params_like2(fn, tree: PyTree, other: PyTree, params_structure) -> PyTree:
-    """:func:`map_params_like` over two states of the same structure: ``fn(node, other_node)``
-    on parameter-shaped subtrees; the other leaves are taken from ``tree``."""
-    like = _is_params_like(params_structure)
-    return jax.tree.map(lambda a, b: fn(a, b) if like(a) else a, tree, other, is_leaf=like)
+def paste_state(trained: DQNState, full: DQNState, units: Units) -> DQNState:
+    """A party's trained sub-model state written back into its full-size state ``full``:
+    coordinates outside the sub-model keep ``full``'s values."""
+    paste = lambda sub, whole: embed(sub, whole, units)
+    return trained.replace(
+        params=paste(trained.params, full.params),
+        target_params=paste(trained.target_params, full.target_params),
+        opt_state=map_params_like(paste, jax.tree.structure(full.params), trained.opt_state,
+                                  full.opt_state))
 
 
 def submodel_dqn(dqn: DQN, kept: Sequence[int], rescale: bool) -> DQN:
@@ -164,7 +185,9 @@ def submodel_dqn(dqn: DQN, kept: Sequence[int], rescale: bool) -> DQN:
     return DQN(config=config, network=network, optimizer=dqn.optimizer)
 
 
-def num_submodel_params(num_inputs: int, kept: Sequence[int], num_actions: int) -> int:
-    """Parameters of the sub-model (what a party receives and sends each round)."""
-    sizes = (int(num_inputs),) + tuple(int(k) for k in kept) + (int(num_actions),)
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+def num_submodel_params(params: PyTree, kept: Sequence[int]) -> int:
+    """Parameters of the sub-model of ``params`` keeping ``kept`` units per hidden layer (what a
+    party receives and sends each round), counted on the shapes :func:`extract` gives."""
+    units = tuple(jnp.zeros((int(k),), jnp.int32) for k in kept)
+    shapes = jax.eval_shape(extract, params, units)
+    return sum(int(x.size) for x in jax.tree.leaves(shapes))

@@ -56,7 +56,8 @@ def run(quick: bool = False) -> list[dict]:
         fns[rate] = one_round
     times = interleaved_medians(fns, repeats)
     widths = dqn_cfg.hidden_sizes
-    full_params = submodel.num_submodel_params(hospital.OBS_DIM, widths, hospital.NUM_ACTIONS)
+    model = jax.eval_shape(lambda k: dqn.init_params(k, hospital.OBS_DIM), jax.random.key(0))
+    full_params = sum(int(x.size) for x in jax.tree.leaves(model))
     env_steps = k * local_steps
     rows = []
     for rate in RATES[1:]:
@@ -70,7 +71,7 @@ def run(quick: bool = False) -> list[dict]:
                      "baseline": "full model (submodel_rate=0)",
                      "baseline_value": env_steps / times[0.0],
                      "ratio": times[0.0] / times[rate]})
-        sub_params = submodel.num_submodel_params(hospital.OBS_DIM, kept, hospital.NUM_ACTIONS)
+        sub_params = submodel.num_submodel_params(model, kept)
         rows.append({"name": "fed_dropout_params_per_party", "params": params,
                      "value": float(sub_params), "unit": "parameters each way",
                      "baseline": "full model", "baseline_value": float(full_params),
